@@ -1,0 +1,2 @@
+"""Everything that crosses a process boundary: generated protobuf code (v1) and, later,
+Redis key names and codecs."""

@@ -1,0 +1,1 @@
+"""The HTTP and gRPC front door (built in the services issue)."""

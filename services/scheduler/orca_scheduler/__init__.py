@@ -1,0 +1,1 @@
+"""The scheduler: iteration-level scheduling of every pipeline."""

@@ -1,0 +1,1 @@
+"""The worker: loads a model shard, owns the KV pool, executes StepPlans, samples."""
