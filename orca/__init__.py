@@ -1,6 +1,6 @@
 """Orca: the top package. The `orca` CLI, the local launcher and the offline engine.
 
-    from orca import LLM, SamplingParams
+from orca import LLM, SamplingParams
 """
 
 from orca.sampling_params import SamplingParams
