@@ -22,4 +22,4 @@ lint:
 	lint-imports
 
 test: install lint
-	$(PYTHON) -m pytest -x -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q

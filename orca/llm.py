@@ -12,15 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orca.in_process_executor import InProcessExecutor
+from orca.sampling_params import SamplingParams
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.core.config import SchedulerConfig
 from orca_scheduler.core.request import Request
 from orca_scheduler.core.scheduler import Scheduler
 from orca_scheduler.executor import Executor
 from orca_worker.runner import RunnerConfig
-
-from orca.in_process_executor import InProcessExecutor
-from orca.sampling_params import SamplingParams
 
 
 class InvalidPromptError(ValueError):

@@ -50,7 +50,9 @@ def step_seed(seed: int, step: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK64) ^ step)
 
 
-def _token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+def _token_counts(
+    token_ids: list[list[int]], vocab_size: int, device: torch.device
+) -> torch.Tensor:
     """[n, vocab] int32 count of each token id in each row's list."""
     n = len(token_ids)
     width = max((len(ids) for ids in token_ids), default=0)
@@ -147,21 +149,17 @@ class Sampler:
         noise = torch.empty((len(states), vocab_size), device=device)
         seeded = [i for i, s in enumerate(states) if s.params.HasField("seed")]
         unseeded = [i for i, s in enumerate(states) if not s.params.HasField("seed")]
-        if not seeded:
-            return noise.exponential_(generator=self._generator(self._shared, device)).clamp_min_(
-                _MIN_NOISE
-            )
-        if unseeded:
-            shared = self._generator(self._shared, device)
+        shared = self._generator(self._shared, device)
+        if not seeded:  # the common case: one launch for the whole batch
+            noise.exponential_(generator=shared)
+        elif unseeded:
             rows = torch.empty((len(unseeded), vocab_size), device=device)
-            rows.exponential_(generator=shared)
-            noise[torch.tensor(unseeded, device=device)] = rows
-        if seeded:
-            gen = self._generator(self._per_row, device)
-            for i in seeded:  # one small launch per seeded row: its own stream
-                state = states[i]
-                gen.manual_seed(step_seed(state.params.seed, len(state.output_token_ids)))
-                noise[i].exponential_(generator=gen)
+            noise[torch.tensor(unseeded, device=device)] = rows.exponential_(generator=shared)
+        gen = self._generator(self._per_row, device)
+        for i in seeded:  # one small launch per seeded row: its own stream
+            state = states[i]
+            gen.manual_seed(step_seed(state.params.seed, len(state.output_token_ids)))
+            noise[i].exponential_(generator=gen)
         return noise.clamp_min_(_MIN_NOISE)
 
     def __call__(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> SamplerOutput:

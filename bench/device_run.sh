@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
+#
+#   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
+#                                           (default: llama8b llama1b profile)
+#
+# Run from the repository root there, with `.whl` carried (protobuf>=7.35.1 for our generated
+# code, grpcio>=1.85.1 for the generated stubs; the machine's own may be older). The repo is
+# not pip-installed there: PYTHONPATH points at its packages. Results go to $OUT (the device
+# tool's folder; bench/out/device-<time>, git-ignored, when OUT is unset): one .jsonl per part, one log.
+# Environment knobs: N (requests, default 256), EXTRA (more flags for bench/run.py).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out/device-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+LOG="$OUT/device_run.log"
+N=${N:-256}
+EXTRA=${EXTRA:-}
+PARTS=("$@")
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(llama8b llama1b profile)
+
+export PYTHONUNBUFFERED=1
+# NVLink multicast stays off on these machines (KINDS.md).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
+fi
+export PYTHONPATH=/tmp/site:$PWD/protos:$PWD/services/scheduler:$PWD/services/worker:$PWD/services/gateway:$PWD/kernels:$PWD
+
+{
+  echo "== $(date -u +%FT%TZ) parts: ${PARTS[*]} n=$N extra=[$EXTRA]"
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.max.sm \
+    --format=csv 2>&1 || echo "no nvidia-smi"
+  python3 - <<'EOF'
+import importlib, sys
+print("python", sys.version.split()[0])
+for name in ("torch", "transformers", "triton", "google.protobuf", "grpc", "safetensors"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name} {getattr(m, '__version__', '?')} ({m.__file__})")
+    except Exception as e:
+        print(f"{name} MISSING: {e!r}")
+import torch
+print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      "devices", torch.cuda.device_count())
+for name in ("orca_proto.v1.worker_pb2", "orca_proto.v1.worker_pb2_grpc", "orca_scheduler",
+             "orca_worker", "orca_kernels", "orca"):
+    try:
+        importlib.import_module(name)
+        print("import", name, "ok")
+    except Exception as e:
+        print("import", name, "FAILED:", repr(e)[:300])
+try:
+    from orca import LLM  # noqa: F401
+    print("from orca import LLM: ok")
+except Exception as e:
+    print("from orca import LLM FAILED:", repr(e)[:300])
+EOF
+} 2>&1 | tee -a "$LOG"
+
+run() {  # run SECONDS ARGS...: one step under a hard timeout, output to the log
+  local limit=$1
+  shift
+  echo "== $(date -u +%T) timeout ${limit}s: $*" | tee -a "$LOG"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+}
+
+for part in "${PARTS[@]}"; do
+  case "$part" in
+    # --budget-s: phases that would start later are skipped (recorded), so the run ends,
+    # and prints its table, inside the timeout. HF phases run CB, b1, then static.
+    llama8b) run 280 python3 bench/run.py --shape llama8b --n "$N" --budget-s 200 \
+               --out "$OUT/llama8b.jsonl" $EXTRA ;;
+    llama1b) run 140 python3 bench/run.py --shape llama1b --n "$N" --budget-s 90 \
+               --out "$OUT/llama1b.jsonl" $EXTRA ;;
+    gpt3_13b) run 420 python3 bench/run.py --shape gpt3_13b --n "$N" --budget-s 300 \
+               --out "$OUT/gpt3_13b.jsonl" $EXTRA ;;
+    profile) run 100 python3 bench/profile_decode.py --shape llama8b --batch-sizes 32,1 \
+               --steps 8 --out "$OUT/profile_llama8b.jsonl" --trace-dir "$OUT" ;;
+    tiny) run 120 python3 bench/run.py --shape tiny --n 16 --out "$OUT/tiny.jsonl" ;;
+    *) echo "unknown part: $part" | tee -a "$LOG" ;;
+  esac
+done
+echo "== $(date -u +%T) done; files in $OUT:" | tee -a "$LOG"
+ls -la "$OUT" | tee -a "$LOG"

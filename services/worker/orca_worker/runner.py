@@ -1,0 +1,199 @@
+"""The model runner: one model, one KV pool; executes StepPlans and returns StepResults."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orca_proto.v1 import worker_pb2
+from orca_worker.attention import TorchAttentionBackend
+from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit, prepare_batch
+from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
+from orca_worker.errors import InvalidPlanError, ModelLoadError
+from orca_worker.kv_cache import KVCachePool, bind_kv_cache, plan_num_blocks
+from orca_worker.loader import load_model
+from orca_worker.sampler import Sampler, SamplerOutput
+from orca_worker.timing import StepTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerConfig:
+    """How to build a ModelRunner."""
+
+    model_dir: str
+    # "auto" takes config.json's dtype (float32 when it names none); else float32,
+    # float16 or bfloat16.
+    dtype: str = "auto"
+    device: str = "cpu"
+    block_size: int = 16
+    # None: size the pool from kv_cache_memory_fraction (GPU) or a fixed budget (CPU,
+    # see kv_cache.CPU_KV_BUDGET_BYTES).
+    num_kv_blocks: int | None = None
+    # Share of the GPU memory still free after the weights that the KV pool takes.
+    kv_cache_memory_fraction: float = 0.9
+    # "safetensors", or "random" to benchmark shapes from config.json alone.
+    load_format: str = "safetensors"
+    # Seeds random weights and the sampler's shared generator (requests without a seed).
+    seed: int = 0
+
+
+class ModelRunner:
+    """Loads the model, allocates the KV pool, and runs one StepPlan at a time."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        _check_runner_config(config)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model_config = load_model_config(config.model_dir)
+        self.dtype_name = _resolve_dtype(config.dtype, self.model_config.dtype)
+        dtype = getattr(torch, self.dtype_name)
+        self.model = load_model(
+            self.model_config, config.model_dir, dtype, self.device, config.load_format, config.seed
+        )
+        num_blocks = config.num_kv_blocks or plan_num_blocks(
+            self.model_config,
+            config.block_size,
+            dtype,
+            self.device,
+            config.kv_cache_memory_fraction,
+        )
+        mc = self.model_config
+        self.kv_pool = KVCachePool(
+            mc.num_layers,
+            num_blocks,
+            config.block_size,
+            mc.num_kv_heads,
+            mc.head_dim,
+            dtype,
+            self.device,
+        )
+        bind_kv_cache(self.model, self.kv_pool, TorchAttentionBackend())
+        self.limits = BatchLimits(
+            mc.vocab_size, mc.max_position_embeddings, num_blocks, config.block_size
+        )
+        self.sampler = Sampler(seed=config.seed)
+        self.seqs: dict[str, SequenceState] = {}
+        log.info(
+            "model_loaded model=%s arch=%s dtype=%s device=%s kv_blocks=%d kv_bytes=%d",
+            self.model_name,
+            mc.architecture,
+            self.dtype_name,
+            self.device,
+            num_blocks,
+            self.kv_pool.kv_bytes,
+        )
+
+    @property
+    def model_name(self) -> str:
+        """The model directory's base name."""
+        return Path(self.config.model_dir).resolve().name
+
+    def info(self) -> worker_pb2.WorkerInfo:
+        """Describe this worker: model, dtype, KV pool shape, limits, EOS ids, vocabulary."""
+        return worker_pb2.WorkerInfo(
+            model=self.model_name,
+            dtype=self.dtype_name,
+            num_kv_blocks=self.kv_pool.num_blocks,
+            block_size=self.kv_pool.block_size,
+            max_model_len=self.model_config.max_position_embeddings,
+            eos_token_ids=list(
+                _eos_token_ids(self.config.model_dir, self.model_config.eos_token_ids)
+            ),
+            stage=0,
+            tp_rank=0,
+            vocab_size=self.model_config.vocab_size,
+        )
+
+    @torch.inference_mode()
+    def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
+        """Run one plan. Never raises: a bad plan or a failed step comes back as
+        StepResult.error, with the worker's sequence table left as it was."""
+        result = worker_pb2.StepResult(step_id=plan.step_id)
+        timer = StepTimer(self.device)
+        try:
+            batch = prepare_batch(plan, self.seqs, self.limits, self.device)
+            timer.mark()
+            hidden = None
+            if batch.input_ids is not None:
+                hidden = self.model(batch.input_ids, batch.positions, batch.meta)
+            timer.mark()
+            sampled = self._sample(batch, hidden)
+            timer.mark()
+        except InvalidPlanError as exc:
+            result.error = f"invalid plan: {exc}"
+            return result
+        except Exception as exc:  # a failed forward must not take the worker down
+            log.exception("step_failed step_id=%d", plan.step_id)
+            result.error = f"step failed: {type(exc).__name__}: {exc}"
+            return result
+        commit(batch, self.seqs, sampled.token_ids)
+        self._fill_tokens(result, batch, sampled)
+        prepare_ms, forward_ms, sample_ms = timer.elapsed_ms()
+        result.timings.prepare_ms = prepare_ms
+        result.timings.forward_ms = forward_ms
+        result.timings.sample_ms = sample_ms
+        return result
+
+    @property
+    def num_active_seqs(self) -> int:
+        """Sequences whose state this worker caches."""
+        return len(self.seqs)
+
+    def _sample(self, batch: PreparedBatch, hidden: torch.Tensor | None) -> SamplerOutput:
+        if hidden is None or not batch.sampled_states:
+            return SamplerOutput([], [], [])
+        # float32 logits: the sampler's softmax and logprobs must not lose precision in bf16.
+        logits = self.model.compute_logits(hidden[batch.sample_indices]).float()
+        return self.sampler(logits, batch.sampled_states)
+
+    @staticmethod
+    def _fill_tokens(
+        result: worker_pb2.StepResult, batch: PreparedBatch, sampled: SamplerOutput
+    ) -> None:
+        for i, seq_id in enumerate(batch.sampled_seq_ids):
+            params = batch.sampled_states[i].params
+            token = result.tokens.add(seq_id=seq_id, token_id=sampled.token_ids[i])
+            if params.logprobs and sampled.logprobs[i] is not None:
+                token.logprob = sampled.logprobs[i]
+            for token_id, logprob in sampled.top_logprobs[i][: params.top_logprobs]:
+                token.top_logprobs.add(token_id=token_id, logprob=logprob)
+
+
+def _check_runner_config(config: RunnerConfig) -> None:
+    """Reject settings no pool can be built from, before any memory is spent."""
+    if config.block_size < 1:
+        raise ModelLoadError(f"block_size must be positive, got {config.block_size}")
+    if config.num_kv_blocks is not None and config.num_kv_blocks < 1:
+        raise ModelLoadError(f"num_kv_blocks must be positive, got {config.num_kv_blocks}")
+    if not 0 < config.kv_cache_memory_fraction <= 1:
+        raise ModelLoadError(
+            f"kv_cache_memory_fraction must be in (0, 1], got {config.kv_cache_memory_fraction}"
+        )
+
+
+def _resolve_dtype(requested: str, config_dtype: str | None) -> str:
+    """The dtype name to load in: "auto" follows config.json (float32 if it names none)."""
+    if requested == "auto":
+        return config_dtype or "float32"
+    if requested not in DTYPE_NAMES:
+        raise ModelLoadError(f"unsupported dtype {requested!r}; expected auto or {DTYPE_NAMES}")
+    return requested
+
+
+def _eos_token_ids(model_dir: str, from_config: tuple[int, ...]) -> tuple[int, ...]:
+    """EOS ids from generation_config.json, else config.json; (-1,) when neither has one."""
+    path = Path(model_dir) / "generation_config.json"
+    if path.is_file():
+        try:
+            ids = parse_token_ids(json.loads(path.read_text()).get("eos_token_id"))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            ids = ()
+        if ids:
+            return ids
+    return from_config or (-1,)
