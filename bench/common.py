@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import platform
 import subprocess
@@ -65,8 +66,20 @@ def env_info(device: str) -> dict[str, Any]:
         "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "commit": git_commit(),
+        "source_sha1": source_hash(),
     }
     return info
+
+
+def source_hash() -> str:
+    """A hash of the engine's Python sources: names the code measured even where there is
+    no .git (the device machine) or the tree has uncommitted changes."""
+    digest = hashlib.sha1()
+    for top in ("orca", "services", "kernels", "protos", "bench"):
+        for path in sorted((REPO_ROOT / top).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def git_commit() -> str | None:
