@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, make_tiny_checkpoint
+from tiny_models import ARCHITECTURES, hf_greedy, make_tiny_checkpoint, random_prompts
 from transformers import AutoModelForCausalLM
 
 from orca import LLM, SamplingParams
@@ -34,35 +34,12 @@ def checkpoint(request, tmp_path_factory):
     """(arch, path, HF model) of one tiny random float32 checkpoint."""
     path = make_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = None  # generate exactly MAX_NEW_TOKENS
     return request.param, path, model
-
-
-def _prompts(vocab_size: int, lengths=PROMPT_LENGTHS, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab_size, (n,), generator=gen).tolist() for n in lengths]
-
-
-def _hf_greedy(model, prompt: list[int], max_new_tokens: int = MAX_NEW_TOKENS):
-    """HF's greedy tokens and the log-softmax of its logits at each step."""
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    tokens = out.sequences[0, len(prompt) :].tolist()
-    logprobs = [torch.log_softmax(step[0].float(), dim=-1) for step in out.logits]
-    return tokens, logprobs
 
 
 def _assert_matches_hf(model, prompts, outputs):
     for prompt, out in zip(prompts, outputs, strict=True):
-        hf_tokens, hf_logprobs = _hf_greedy(model, prompt)
+        hf_tokens, hf_logprobs = hf_greedy(model, prompt, MAX_NEW_TOKENS)
         assert out.token_ids == hf_tokens, f"prompt len {len(prompt)}"
         assert out.finish_reason == "length"
         if out.logprobs is not None:
@@ -78,7 +55,7 @@ def _assert_matches_hf(model, prompts, outputs):
 def test_greedy_equals_transformers(checkpoint, regime):
     _, path, model = checkpoint
     llm = LLM(model=str(path), dtype="float32", **REGIMES[regime])
-    prompts = _prompts(model.config.vocab_size)
+    prompts = random_prompts(PROMPT_LENGTHS, model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=3)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     _assert_matches_hf(model, prompts, outputs)
@@ -91,8 +68,8 @@ def test_prefix_cache_hits_stay_exact(checkpoint):
     """Prompts sharing a long prefix reuse cached blocks and still match HF."""
     _, path, model = checkpoint
     llm = LLM(model=str(path), dtype="float32", block_size=4)
-    shared = _prompts(model.config.vocab_size, lengths=(24,), seed=1)[0]
-    tails = _prompts(model.config.vocab_size, lengths=(3, 7, 1), seed=2)
+    shared = random_prompts((24,), model.config.vocab_size, seed=1)[0]
+    tails = random_prompts((3, 7, 1), model.config.vocab_size, seed=2)
     prompts = [shared + tail for tail in tails]
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     first = llm.generate(prompt_token_ids=prompts[:1], sampling_params=params)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from orca_proto.v1 import worker_pb2 as pb
 from orca_worker.runner import ModelRunner
 
@@ -75,28 +73,3 @@ class PlanDriver:
         result = self.runner.execute(self.plan(work, released))
         assert result.error == "", result.error
         return result
-
-
-def hf_greedy(model, prompt: list[int], max_new_tokens: int):
-    """transformers' greedy tokens and the log-softmax of its logits at each step."""
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            output_logits=True,
-            return_dict_in_generate=True,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    tokens = out.sequences[0, len(prompt) :].tolist()
-    assert len(tokens) == max_new_tokens
-    logprobs = [torch.log_softmax(step[0].float(), dim=-1) for step in out.logits]
-    return tokens, logprobs
-
-
-def random_prompts(lengths: tuple[int, ...], vocab_size: int, seed: int = 0) -> list[list[int]]:
-    """Seeded random prompts of the given lengths (ids >= 3: clear of special tokens)."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab_size, (n,), generator=gen).tolist() for n in lengths]

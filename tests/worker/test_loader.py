@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from plan_driver import PlanDriver, random_prompts
+from plan_driver import PlanDriver
 from safetensors.torch import load_file, save_file
-from tiny_models import VOCAB_SIZE, make_tiny_checkpoint
+from tiny_models import VOCAB_SIZE, make_tiny_checkpoint, random_prompts
 
 from orca_worker.errors import MissingWeightsError, ModelLoadError, UnsupportedArchitectureError
 from orca_worker.runner import ModelRunner, RunnerConfig

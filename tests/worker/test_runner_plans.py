@@ -4,8 +4,8 @@ releases, re-announced (preempted) sequences, empty plans, info()."""
 from __future__ import annotations
 
 import pytest
-from plan_driver import PlanDriver, hf_greedy, random_prompts
-from tiny_models import EOS_TOKEN_ID, MAX_POSITIONS, VOCAB_SIZE
+from plan_driver import PlanDriver
+from tiny_models import EOS_TOKEN_ID, MAX_POSITIONS, VOCAB_SIZE, hf_greedy, random_prompts
 
 from orca_proto.v1 import worker_pb2 as pb
 from orca_worker.runner import ModelRunner, RunnerConfig

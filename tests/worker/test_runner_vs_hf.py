@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from plan_driver import PlanDriver, hf_greedy, random_prompts
-from tiny_models import ARCHITECTURES, VOCAB_SIZE
+from plan_driver import PlanDriver
+from tiny_models import ARCHITECTURES, VOCAB_SIZE, hf_greedy, random_prompts
 
 from orca_worker.runner import ModelRunner, RunnerConfig
 
