@@ -1,4 +1,4 @@
-"""The `orca` command line: `orca demo-model DIR`, `orca generate --model DIR PROMPT...`."""
+"""The `orca` command line: `orca demo-model DIR`, `orca serve --model DIR`, `orca generate --model DIR PROMPT...`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", help="folder to write the checkpoint into (created)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+
+    serve = sub.add_parser(
+        "serve",
+        help="start the whole stack locally: embedded Redis, worker, scheduler, gateway",
+        description="Start Redis (unless --redis-url), a worker, the scheduler and the gateway as "
+        "separate processes; print where they listen; Ctrl-C stops everything.",
+    )
+    serve.add_argument(
+        "--model", required=True, help="HF-format checkpoint folder (with its tokenizer)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="HTTP listen address (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8000, help="HTTP port of the OpenAI API (default 8000)"
+    )
+    serve.add_argument(
+        "--grpc-port", type=int, default=8001, help="port of the gRPC Generate API (default 8001)"
+    )
+    serve.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    serve.add_argument(
+        "--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default auto)"
+    )
+    serve.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    serve.add_argument(
+        "--max-num-seqs", type=int, default=256, help="most sequences per iteration (default 256)"
+    )
+    serve.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=8192,
+        help="most tokens per iteration (default 8192)",
+    )
+    serve.add_argument(
+        "--kv-policy",
+        choices=["paged", "reserve"],
+        default="paged",
+        help="KV policy (default paged)",
+    )
+    serve.add_argument("--api-key", default=None, help="require this bearer token on /v1 routes")
+    serve.add_argument(
+        "--served-model-name", default=None, help="model name in the API (default: folder name)"
+    )
+    serve.add_argument(
+        "--block-size", type=int, default=16, help="tokens per KV block (default 16)"
+    )
+    serve.add_argument(
+        "--num-kv-blocks", type=int, default=None, help="KV pool size (default: sized from memory)"
+    )
+    serve.add_argument(
+        "--load-format",
+        choices=["safetensors", "random"],
+        default="safetensors",
+        help="random: random weights from config.json alone (benchmarks)",
+    )
+    serve.add_argument(
+        "--log-dir", default=None, help="folder for the services' logs (default: a temp folder)"
+    )
 
     gen = sub.add_parser("generate", help="complete prompts offline with orca.LLM")
     gen.add_argument("prompts", nargs="+", help="prompt texts, one completion each")
@@ -43,7 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo_model_command(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "serve":
+        return _serve(args)
     return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from orca.launcher import ServeConfig, serve
+
+    names = [
+        "model", "host", "port", "grpc_port", "device", "dtype", "redis_url", "max_num_seqs",
+        "max_num_batched_tokens", "kv_policy", "api_key", "served_model_name", "block_size",
+        "num_kv_blocks", "load_format", "log_dir",
+    ]  # fmt: skip
+    return serve(ServeConfig(**{name: getattr(args, name) for name in names}))
 
 
 def _generate(args: argparse.Namespace) -> int:

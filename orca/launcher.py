@@ -1,0 +1,241 @@
+"""`orca serve`: the whole stack on one machine, each service its own real process.
+
+Order: embedded Redis (unless a URL is given) → worker(s) → scheduler → gateway. The
+launcher waits for the gateway's /ready, prints where it listens, then watches its children:
+Ctrl-C or SIGTERM stops everything (gateway first, Redis last); a child that dies is
+reported with the tail of its log and the rest are stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orca.embedded_redis import EmbeddedRedis, free_port
+
+LOG_TAIL_CHARS = 3000
+
+
+class LaunchError(RuntimeError):
+    """A service failed to start or died; the message holds its log tail."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything `orca serve` needs, built once from its flags."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 8001
+    device: str = "cpu"
+    dtype: str = "auto"
+    redis_url: str | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    kv_policy: str = "paged"
+    api_key: str | None = None
+    served_model_name: str | None = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    load_format: str = "safetensors"
+    ready_timeout_s: float = 600.0
+    log_dir: str | None = None
+    extra_worker_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError:
+            return ""
+
+
+class LocalStack:
+    """The running stack; `with LocalStack(config) as stack:` starts and stops it."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self._redis: EmbeddedRedis | None = None
+        self._children: list[_Child] = []
+        self._log_dir = Path(config.log_dir or tempfile.mkdtemp(prefix="orca-serve-"))
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.redis_url = config.redis_url or ""
+        self.scheduler_metrics_port = 0
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's OpenAI base URL (…/v1)."""
+        return f"http://{self._client_host}:{self.config.port}/v1"
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gateway's gRPC Generate API."""
+        return f"{self._client_host}:{self.config.grpc_port}"
+
+    @property
+    def log_dir(self) -> Path:
+        """Folder with one log file per service."""
+        return self._log_dir
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+
+    def start(self) -> LocalStack:
+        """Start every service and wait until the gateway is ready; LaunchError on failure."""
+        cfg = self.config
+        try:
+            if not cfg.redis_url:
+                self._redis = EmbeddedRedis().start()
+                self.redis_url = self._redis.url
+            worker_port = free_port()
+            self._spawn("worker", "orca_worker.main", self._worker_args(worker_port))
+            self.scheduler_metrics_port = free_port()
+            self._spawn("scheduler", "orca_scheduler.main", self._scheduler_args(worker_port))
+            self._spawn("gateway", "orca_gateway.main", self._gateway_args())
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _worker_args(self, port: int) -> list[str]:
+        cfg = self.config
+        args = ["--model", cfg.model, "--host", "127.0.0.1", "--port", str(port),
+                "--device", cfg.device, "--dtype", cfg.dtype, "--block-size", str(cfg.block_size),
+                "--load-format", cfg.load_format]  # fmt: skip
+        if cfg.num_kv_blocks is not None:
+            args += ["--num-kv-blocks", str(cfg.num_kv_blocks)]
+        return args + cfg.extra_worker_args
+
+    def _scheduler_args(self, worker_port: int) -> list[str]:
+        cfg = self.config
+        args = ["--redis-url", self.redis_url, "--workers", f"127.0.0.1:{worker_port}",
+                "--max-num-seqs", str(cfg.max_num_seqs),
+                "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+                "--kv-policy", cfg.kv_policy, "--metrics-port", str(self.scheduler_metrics_port)]  # fmt: skip
+        if cfg.served_model_name:
+            args += ["--served-model-name", cfg.served_model_name]
+        return args
+
+    def _gateway_args(self) -> list[str]:
+        cfg = self.config
+        args = ["--model", cfg.model, "--redis-url", self.redis_url, "--host", cfg.host,
+                "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port)]  # fmt: skip
+        if cfg.api_key:
+            args += ["--api-key", cfg.api_key]
+        if cfg.served_model_name:
+            args += ["--served-model-name", cfg.served_model_name]
+        return args
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> None:
+        log_path = self._log_dir / f"{name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops children in order
+        )
+        log.close()
+        self._children.append(_Child(name, process, log_path))
+
+    def _wait_ready(self) -> None:
+        url = f"http://{self._client_host}:{self.config.port}/ready"
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while time.monotonic() < deadline:
+            self.check_children()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise LaunchError(
+            f"the stack was not ready after {self.config.ready_timeout_s:.0f}s; logs in {self._log_dir}"
+        )
+
+    def check_children(self) -> None:
+        """Raise LaunchError naming the first child that exited, with its log tail."""
+        for child in self._children:
+            code = child.process.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"{child.name} exited with code {code}; last log lines:\n{child.log_tail()}"
+                )
+
+    def stop(self) -> None:
+        """Stop the gateway, the scheduler, the workers, then Redis (SIGTERM, then SIGKILL)."""
+        for child in reversed(self._children):
+            _terminate(child.process)
+        self._children.clear()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _terminate(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the stack in the foreground until Ctrl-C/SIGTERM or a child's death."""
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = LocalStack(config)
+    try:
+        print(f"orca serve: starting (logs in {stack.log_dir})", flush=True)
+        stack.start()
+        print(
+            f"orca serve: ready  http {stack.base_url}  grpc {stack.grpc_target}  redis {stack.redis_url}",
+            flush=True,
+        )
+        while not stopping:
+            stack.check_children()
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except LaunchError as exc:
+        print(f"orca serve: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("orca serve: stopping", flush=True)
+        stack.stop()
