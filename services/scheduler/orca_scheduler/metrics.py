@@ -1,0 +1,78 @@
+"""The scheduler's Prometheus metrics (vLLM's names where vLLM has the metric).
+
+Each SchedulerMetrics owns its registry, so several schedulers (tests) can live in one
+process; `serve` exposes it on its own HTTP port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_STEP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+_OVERHEAD_BUCKETS_S = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class SchedulerMetrics:
+    """Gauges, counters and histograms of one scheduler."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.num_requests_running = Gauge(
+            "orca_num_requests_running", "Requests in the running batch (holding KV).", registry=r
+        )
+        self.num_requests_waiting = Gauge(
+            "orca_num_requests_waiting", "Requests waiting for admission.", registry=r
+        )
+        self.kv_cache_usage_perc = Gauge(
+            "orca_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0..1).", registry=r
+        )
+        self.iterations = Counter(
+            "orca_iterations", "Model iterations (StepPlans) completed.", registry=r
+        )
+        self.iteration_seconds = Histogram(
+            "orca_iteration_seconds",
+            "One iteration: schedule, worker round trip, update, publish.",
+            buckets=_STEP_BUCKETS_S,
+            registry=r,
+        )
+        self.plan_build_seconds = Histogram(
+            "orca_plan_build_seconds",
+            "Time to schedule and build one StepPlan.",
+            buckets=_OVERHEAD_BUCKETS_S,
+            registry=r,
+        )
+        self.control_plane_overhead_seconds = Histogram(
+            "orca_control_plane_overhead_seconds",
+            "Plan sent to result received, minus the worker's prepare+forward+sample time.",
+            buckets=_OVERHEAD_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "orca_batch_size", "Sequences per iteration.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.requests_finished = Counter(
+            "orca_requests_finished",
+            "Requests finished, by finish reason (stop, length, abort, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "orca_preemptions", "Requests preempted (KV freed, to be recomputed).", registry=r
+        )
+        self.dead_letters = Counter(
+            "orca_dead_letters", "Request entries moved to orca:requests:dead.", registry=r
+        )
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Expose the metrics at http://host:port/metrics; returns a function that stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop

@@ -1,0 +1,142 @@
+"""The worker's gRPC service (`orca.v1.Worker`) around one ModelRunner.
+
+`Execute` is one long-lived stream per scheduler: plans in, results out, strictly in step
+order. The model runs on one dedicated thread, so the event loop keeps answering `Info`,
+`Drain` and keepalives during a step. A new `Execute` stream means a new (or restarted)
+scheduler: the worker drops every sequence it cached for the old one, and the old stream,
+if still open, is ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from orca_proto.v1 import worker_pb2, worker_pb2_grpc
+from orca_worker.runner import ModelRunner
+
+log = logging.getLogger(__name__)
+
+DRAINING_ERROR = "draining: this worker accepts no new sequences"
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    """Serves one ModelRunner: Info, the Execute stream and Drain."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self._runner = runner
+        self._info = runner.info()
+        # One thread: steps never overlap, and the runner needs no lock.
+        self._step_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orca-step")
+        self._stream_generation = 0
+        self.draining = False
+        self.num_open_streams = 0
+        self.last_plan_at = time.monotonic()
+
+    async def Info(self, request, context) -> worker_pb2.WorkerInfo:
+        """Describe the worker: model, dtype, KV pool shape, limits, EOS ids."""
+        return self._info
+
+    async def Drain(self, request, context) -> worker_pb2.DrainReply:
+        """Refuse plans that start new sequences from now on; running ones finish."""
+        self.start_draining()
+        return worker_pb2.DrainReply(num_active_seqs=self._runner.num_active_seqs)
+
+    async def Execute(
+        self, request_iterator: AsyncIterator[worker_pb2.StepPlan], context
+    ) -> AsyncIterator[worker_pb2.StepResult]:
+        """Run each plan of the stream in order and answer it with its StepResult."""
+        self._stream_generation += 1
+        generation = self._stream_generation
+        self.num_open_streams += 1
+        try:
+            dropped = await self._on_step_thread(self._drop_all_sequences)
+            log.info("stream_opened generation=%d dropped_seqs=%d", generation, dropped)
+            async for plan in request_iterator:
+                if generation != self._stream_generation:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "superseded by a newer Execute stream (another scheduler connected)",
+                    )
+                self.last_plan_at = time.monotonic()
+                yield await self._execute(plan)
+                self.last_plan_at = time.monotonic()
+        finally:
+            self.num_open_streams -= 1
+            log.info("stream_closed generation=%d", generation)
+
+    def start_draining(self) -> None:
+        """Stop accepting plans with new sequences (idempotent)."""
+        if not self.draining:
+            log.info("draining active_seqs=%d", self._runner.num_active_seqs)
+        self.draining = True
+
+    @property
+    def num_active_seqs(self) -> int:
+        """Sequences the runner still caches."""
+        return self._runner.num_active_seqs
+
+    def close(self) -> None:
+        """Release the step thread (after the server stopped)."""
+        self._step_thread.shutdown(wait=True)
+
+    async def _execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
+        if self.draining and plan.new_seqs:
+            return worker_pb2.StepResult(step_id=plan.step_id, error=DRAINING_ERROR)
+        try:
+            return await self._on_step_thread(self._runner.execute, plan)
+        except Exception as exc:  # the runner reports errors itself; this is a last guard
+            log.exception("step_crashed step_id=%d", plan.step_id)
+            return worker_pb2.StepResult(
+                step_id=plan.step_id, error=f"step failed: {type(exc).__name__}: {exc}"
+            )
+
+    async def _on_step_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._step_thread, fn, *args)
+
+    def _drop_all_sequences(self) -> int:
+        count = len(self._runner.seqs)
+        self._runner.seqs.clear()
+        return count
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC server options: big messages, and keepalive pings from schedulers allowed."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Schedulers ping every ~30 s to detect a dead link; don't punish idle pings.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def build_server(
+    service: WorkerService, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server exposing `service` on host:port (not started); returns it and the
+    bound port (useful when `port` is 0)."""
+    server = grpc.aio.server(options=server_options(max_message_bytes))
+    worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return server, bound
+
+
+async def wait_until_drained(service: WorkerService, timeout_s: float, idle_s: float = 0.5) -> bool:
+    """After `start_draining`: wait until no scheduler is streaming plans (no stream open,
+    or none received for `idle_s`), at most `timeout_s`. True if it drained in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        idle = time.monotonic() - service.last_plan_at >= idle_s
+        if service.num_open_streams == 0 or idle:
+            return True
+        await asyncio.sleep(0.05)
+    return False
