@@ -399,12 +399,7 @@ def sigterm_as_interrupt():
 
 def _stack_pids(stack) -> list[int]:
     """Process ids of the stack's children and its Redis (best effort: for the pid file)."""
-    pids = [c.process.pid for c in getattr(stack, "_children", [])]
-    redis = getattr(stack, "_redis", None)
-    process = getattr(redis, "_process", None)
-    if process is not None:
-        pids.append(process.pid)
-    return pids
+    return stack.pids()
 
 
 class PidWatch:

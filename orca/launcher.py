@@ -128,7 +128,9 @@ class LocalStack:
         args = ["--redis-url", self.redis_url, "--workers", f"127.0.0.1:{worker_port}",
                 "--max-num-seqs", str(cfg.max_num_seqs),
                 "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
-                "--kv-policy", cfg.kv_policy, "--metrics-port", str(self.scheduler_metrics_port)]  # fmt: skip
+                "--kv-policy", cfg.kv_policy, "--metrics-port", str(self.scheduler_metrics_port),
+                # A stable name: a restarted scheduler resumes its own pending requests at once.
+                "--consumer-name", "orca-scheduler-0"]  # fmt: skip
         if cfg.served_model_name:
             args += ["--served-model-name", cfg.served_model_name]
         return args
@@ -174,6 +176,13 @@ class LocalStack:
             f"the stack was not ready after {self.config.ready_timeout_s:.0f}s; logs in {self._log_dir}"
         )
 
+    def pids(self) -> list[int]:
+        """Process ids of every running service and of the embedded Redis."""
+        pids = [child.process.pid for child in self._children]
+        if self._redis is not None and self._redis.pid is not None:
+            pids.append(self._redis.pid)
+        return pids
+
     def check_children(self) -> None:
         """Raise LaunchError naming the first child that exited, with its log tail."""
         for child in self._children:
@@ -212,13 +221,14 @@ def _terminate(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
 
 def serve(config: ServeConfig) -> int:
     """Run the stack in the foreground until Ctrl-C/SIGTERM or a child's death."""
-    stopping = False
 
-    def on_signal(signum, frame):
-        nonlocal stopping
-        stopping = True
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGTERM stops the stack like Ctrl-C; SIGINT is re-armed because a shell that starts us
+    # in the background may have set it to "ignore".
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = LocalStack(config)
     try:
         print(f"orca serve: starting (logs in {stack.log_dir})", flush=True)
@@ -227,10 +237,9 @@ def serve(config: ServeConfig) -> int:
             f"orca serve: ready  http {stack.base_url}  grpc {stack.grpc_target}  redis {stack.redis_url}",
             flush=True,
         )
-        while not stopping:
+        while True:
             stack.check_children()
             time.sleep(0.5)
-        return 0
     except KeyboardInterrupt:
         return 0
     except LaunchError as exc:
@@ -239,3 +248,4 @@ def serve(config: ServeConfig) -> int:
     finally:
         print("orca serve: stopping", flush=True)
         stack.stop()
+        print("orca serve: stopped", flush=True)

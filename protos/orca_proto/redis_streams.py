@@ -9,6 +9,7 @@ The layout (docs/architecture.md, "Redis"):
 | `orca:out:<request id>` | stream, expires after finish | scheduler | `TokenChunk`s |
 | `orca:control` | stream | gateway | `Control` (cancel / stop) |
 | `orca:load` | hash | scheduler | load and liveness, for admission, readiness and autoscaling |
+| `orca:gateway:wake:<uuid>` | stream, expires | one gateway | wakes that gateway's blocked output reader when a request is added |
 
 Every stream entry has one field, `data`, holding a serialized protobuf message. No redis
 import here: the services bring their own client.
@@ -26,6 +27,7 @@ DEAD_LETTER_STREAM = "orca:requests:dead"
 CONTROL_STREAM = "orca:control"
 LOAD_KEY = "orca:load"
 OUTPUT_STREAM_PREFIX = "orca:out:"
+GATEWAY_WAKE_STREAM_PREFIX = "orca:gateway:wake:"
 DATA_FIELD = b"data"
 # How long a finished request's output stream stays readable (a slow reader, a resume).
 OUTPUT_TTL_S = 300

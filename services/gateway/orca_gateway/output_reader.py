@@ -21,7 +21,6 @@ from redis.exceptions import RedisError
 from orca_gateway.log import log_event, log_exception
 from orca_proto import redis_streams
 
-WAKE_STREAM_PREFIX = "orca:gateway:wake:"
 # A crashed gateway's wake stream disappears on its own.
 WAKE_TTL_S = 600
 WAKE_MAXLEN = 16
@@ -44,7 +43,7 @@ class OutputReader:
         self._redis = redis
         self._block_ms = block_ms
         self._subs: dict[str, _Subscription] = {}
-        self.wake_key = WAKE_STREAM_PREFIX + uuid.uuid4().hex
+        self.wake_key = redis_streams.GATEWAY_WAKE_STREAM_PREFIX + uuid.uuid4().hex
         self._wake_last_id: bytes | str = "0-0"
         # True once a wake was queued since the reader last built its XREAD; see needs_wake.
         self._wake_sent = False

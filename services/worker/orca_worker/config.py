@@ -98,13 +98,18 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
                 return raw[key]
         return default
 
+    required = {
+        name: get(name) for name in ("hidden_size", "num_heads", "num_layers", "vocab_size")
+    }
+    missing = [name for name, value in required.items() if value is None]
+    if missing:
+        raise ModelLoadError(
+            f"config.json of {architectures[0]} lacks required field(s) {', '.join(missing)}"
+        )
     try:
-        hidden = int(get("hidden_size"))
-        num_heads = int(get("num_heads"))
-        num_layers = int(get("num_layers"))
-        vocab_size = int(raw["vocab_size"])
-    except (TypeError, KeyError) as exc:
-        raise ModelLoadError(f"config.json lacks a required field: {exc}") from exc
+        hidden, num_heads, num_layers, vocab_size = (int(v) for v in required.values())
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"config.json has a non-integer size field: {exc}") from exc
     dtype = get("dtype")
     if dtype is not None and dtype not in DTYPE_NAMES:
         dtype = None  # e.g. float64: let the runner fall back to float32
