@@ -117,7 +117,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model", "dtype", "num_kv_blocks", "block_size", "max_model_len", "eos_token_ids", "stage", "tp_rank", "vocab_size")
+    __slots__ = ("model", "dtype", "num_kv_blocks", "block_size", "max_model_len", "eos_token_ids", "stage", "tp_rank", "vocab_size", "pipeline", "pp_size", "tp_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,9 @@ class WorkerInfo(_message.Message):
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TP_RANK_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TP_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     dtype: str
     num_kv_blocks: int
@@ -136,7 +139,10 @@ class WorkerInfo(_message.Message):
     stage: int
     tp_rank: int
     vocab_size: int
-    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., stage: _Optional[int] = ..., tp_rank: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    pipeline: int
+    pp_size: int
+    tp_size: int
+    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., stage: _Optional[int] = ..., tp_rank: _Optional[int] = ..., vocab_size: _Optional[int] = ..., pipeline: _Optional[int] = ..., pp_size: _Optional[int] = ..., tp_size: _Optional[int] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ()
