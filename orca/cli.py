@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="HF-format checkpoint folder (with its tokenizer)"
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="HTTP listen address (default 127.0.0.1)"
+        "--host", default="127.0.0.1", help="listen address of the HTTP and gRPC APIs (default 127.0.0.1)"
     )
     serve.add_argument(
         "--port", type=int, default=8000, help="HTTP port of the OpenAI API (default 8000)"
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="paged",
         help="KV policy (default paged)",
     )
-    serve.add_argument("--api-key", default=None, help="require this bearer token on /v1 routes")
+    serve.add_argument("--api-key", default=None, help="require this bearer token on the /v1 routes and on gRPC calls")
     serve.add_argument(
         "--served-model-name", default=None, help="model name in the API (default: folder name)"
     )

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orca.embedded_redis import EmbeddedRedis, free_port
+from orca.embedded_redis import EmbeddedRedis, RedisStartError, free_port
 
 LOG_TAIL_CHARS = 3000
 
@@ -242,7 +242,7 @@ def serve(config: ServeConfig) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0
-    except LaunchError as exc:
+    except (LaunchError, RedisStartError) as exc:
         print(f"orca serve: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

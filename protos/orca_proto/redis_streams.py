@@ -1,6 +1,6 @@
 """Redis key names and entry codecs shared by the gateway and the scheduler.
 
-The layout (docs/architecture.md, "Redis"):
+The layout (docs/services.md, "Redis contract"):
 
 | key | type | written by | holds |
 |---|---|---|---|
