@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="HF-format checkpoint folder (with its tokenizer)"
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="listen address of the HTTP and gRPC APIs (default 127.0.0.1)"
+        "--host",
+        default="127.0.0.1",
+        help="listen address of the HTTP and gRPC APIs (default 127.0.0.1)",
     )
     serve.add_argument(
         "--port", type=int, default=8000, help="HTTP port of the OpenAI API (default 8000)"
@@ -57,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="paged",
         help="KV policy (default paged)",
     )
-    serve.add_argument("--api-key", default=None, help="require this bearer token on the /v1 routes and on gRPC calls")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require this bearer token on the /v1 routes and on gRPC calls",
+    )
     serve.add_argument(
         "--served-model-name", default=None, help="model name in the API (default: folder name)"
     )
@@ -72,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["safetensors", "random"],
         default="safetensors",
         help="random: random weights from config.json alone (benchmarks)",
+    )
+    serve.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"
+    )
+    serve.add_argument("--pp", type=int, default=1, help="pipeline stages per pipeline (default 1)")
+    serve.add_argument(
+        "--pipelines",
+        type=int,
+        default=1,
+        help="pipelines behind the scheduler (default 1); workers = pipelines*pp*tp",
     )
     serve.add_argument(
         "--log-dir", default=None, help="folder for the services' logs (default: a temp folder)"
@@ -112,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     names = [
         "model", "host", "port", "grpc_port", "device", "dtype", "redis_url", "max_num_seqs",
         "max_num_batched_tokens", "kv_policy", "api_key", "served_model_name", "block_size",
-        "num_kv_blocks", "load_format", "log_dir",
+        "num_kv_blocks", "load_format", "log_dir", "tp", "pp", "pipelines",
     ]  # fmt: skip
     return serve(ServeConfig(**{name: getattr(args, name) for name in names}))
 

@@ -47,6 +47,9 @@ class ServeConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None
     load_format: str = "safetensors"
+    tp: int = 1
+    pp: int = 1
+    pipelines: int = 1
     ready_timeout_s: float = 600.0
     log_dir: str | None = None
     extra_worker_args: list[str] = field(default_factory=list)
@@ -103,16 +106,37 @@ class LocalStack:
             if not cfg.redis_url:
                 self._redis = EmbeddedRedis().start()
                 self.redis_url = self._redis.url
-            worker_port = free_port()
-            self._spawn("worker", "orca_worker.main", self._worker_args(worker_port))
+            worker_addresses = self._start_workers()
             self.scheduler_metrics_port = free_port()
-            self._spawn("scheduler", "orca_scheduler.main", self._scheduler_args(worker_port))
+            self._spawn("scheduler", "orca_scheduler.main", self._scheduler_args(worker_addresses))
             self._spawn("gateway", "orca_gateway.main", self._gateway_args())
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_workers(self) -> list[str]:
+        """Start pipelines × pp × tp workers; returns their addresses in ordinal order."""
+        cfg = self.config
+        num_workers = cfg.pipelines * cfg.pp * cfg.tp
+        ports = [free_port() for _ in range(num_workers)]
+        # One rendezvous address per pipeline: each pipeline is its own process group.
+        rendezvous = [free_port() for _ in range(cfg.pipelines)]
+        gpus = _visible_gpus(num_workers) if cfg.device.startswith("cuda") else None
+        for ordinal, port in enumerate(ports):
+            args = self._worker_args(port)
+            env = {}
+            if num_workers > 1:
+                pipeline = ordinal // (cfg.pp * cfg.tp)
+                args += ["--ordinal", str(ordinal), "--tp", str(cfg.tp), "--pp", str(cfg.pp),
+                         "--dist-init-addr", f"127.0.0.1:{rendezvous[pipeline]}"]  # fmt: skip
+                if gpus is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[ordinal % len(gpus)]
+            self._spawn(
+                f"worker-{ordinal}" if num_workers > 1 else "worker", "orca_worker.main", args, env
+            )
+        return [f"127.0.0.1:{port}" for port in ports]
 
     def _worker_args(self, port: int) -> list[str]:
         cfg = self.config
@@ -123,9 +147,9 @@ class LocalStack:
             args += ["--num-kv-blocks", str(cfg.num_kv_blocks)]
         return args + cfg.extra_worker_args
 
-    def _scheduler_args(self, worker_port: int) -> list[str]:
+    def _scheduler_args(self, worker_addresses: list[str]) -> list[str]:
         cfg = self.config
-        args = ["--redis-url", self.redis_url, "--workers", f"127.0.0.1:{worker_port}",
+        args = ["--redis-url", self.redis_url, "--workers", ",".join(worker_addresses),
                 "--max-num-seqs", str(cfg.max_num_seqs),
                 "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
                 "--kv-policy", cfg.kv_policy, "--metrics-port", str(self.scheduler_metrics_port),
@@ -133,6 +157,8 @@ class LocalStack:
                 "--consumer-name", "orca-scheduler-0"]  # fmt: skip
         if cfg.served_model_name:
             args += ["--served-model-name", cfg.served_model_name]
+        if len(worker_addresses) > 1:
+            args += ["--tp", str(cfg.tp), "--pp", str(cfg.pp), "--pipelines", str(cfg.pipelines)]
         return args
 
     def _gateway_args(self) -> list[str]:
@@ -145,10 +171,12 @@ class LocalStack:
             args += ["--served-model-name", cfg.served_model_name]
         return args
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> None:
+    def _spawn(
+        self, name: str, module: str, args: list[str], env_overrides: dict | None = None
+    ) -> None:
         log_path = self._log_dir / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_overrides or {}))
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=log,
@@ -206,6 +234,14 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _visible_gpus(num_workers: int) -> list[str]:
+    """GPU ids to hand out one per worker: CUDA_VISIBLE_DEVICES's, else 0..num_workers-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    return [str(i) for i in range(num_workers)]
 
 
 def _terminate(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
