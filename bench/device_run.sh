@@ -2,7 +2,7 @@
 # The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
-#                                           stack stack1b stacktiny
+#                                           stack stack1b stacktiny tp2 pp2 pipelines2 (2 GPUs)
 #                                           (default: llama8b llama1b profile)
 #
 # Run from the repository root there, with `.whl` carried (protobuf>=7.35.1 for our generated
@@ -79,11 +79,12 @@ run() {  # run SECONDS ARGS...: one step under a hard timeout, output to the log
   echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"
 }
 
-stack() {  # stack SECONDS SHAPE: bench/stack_bench.py, then kill what it left if it was killed
-  local pids=/tmp/orca-stack-bench.pids
+stack() {  # stack SECONDS SHAPE [TAG FLAGS...]: bench/stack_bench.py, then kill what it left
+  local pids=/tmp/orca-stack-bench.pids limit=$1 shape=$2 tag=${3:-}
+  shift 2; [ $# -gt 0 ] && shift
   rm -f "$pids"
-  run "$1" python3 bench/stack_bench.py --shape "$2" --n "$N" --budget-s $(($1 / 2)) \
-    --stack-pid-file "$pids" --out "$OUT/stack_$2.jsonl" $EXTRA
+  run "$limit" python3 bench/stack_bench.py --shape "$shape" --n "$N" --budget-s $((limit / 2)) \
+    --stack-pid-file "$pids" --out "$OUT/stack_${shape}${tag}.jsonl" "$@" $EXTRA
   if [ -s "$pids" ]; then
     for pid in $(cat "$pids"); do
       kill -0 "$pid" 2>/dev/null && { echo "killing leftover $pid" | tee -a "$LOG"; kill -9 "$pid"; }
@@ -108,6 +109,10 @@ for part in "${PARTS[@]}"; do
     stack) stack 300 llama8b ;;
     stack1b) stack 200 llama1b ;;
     stacktiny) stack 120 tiny ;;
+    # Several GPUs (nvidia-h100-x2): the same trace through the stack on 2 GPUs, each split.
+    tp2) stack 150 llama8b _tp2 --tp 2 ;;
+    pp2) stack 150 llama8b _pp2 --pp 2 ;;
+    pipelines2) stack 150 llama8b _pipelines2 --pipelines 2 ;;
     *) echo "unknown part: $part" | tee -a "$LOG" ;;
   esac
 done

@@ -485,6 +485,9 @@ def run_stack(
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             load_format="random",
+            tp=args.tp,
+            pp=args.pp,
+            pipelines=args.pipelines,
             ready_timeout_s=args.stack_ready_timeout,
             log_dir=log_dir,
         )

@@ -84,9 +84,11 @@ class ServiceProcess:
         self._log.close()
 
 
-def start_worker(model: Path, log_path: Path, *extra: str) -> tuple[ServiceProcess, str]:
-    """A running `orca-worker` process and its address."""
-    port = free_port()
+def start_worker(
+    model: Path, log_path: Path, *extra: str, port: int | None = None
+) -> tuple[ServiceProcess, str]:
+    """A running `orca-worker` process and its address (on `port`, default a free one)."""
+    port = port or free_port()
     proc = ServiceProcess(
         "worker",
         ["-m", "orca_worker.main", "--model", str(model), "--port", str(port),
@@ -139,16 +141,19 @@ class Harness:
         self._log_dir = log_dir
         self._processes: list[ServiceProcess] = []
 
-    def start_worker(self, model: Path, *extra: str) -> tuple[ServiceProcess, str]:
+    def start_worker(
+        self, model: Path, *extra: str, port: int | None = None
+    ) -> tuple[ServiceProcess, str]:
         """A dedicated `orca-worker` process (stopped at teardown) and its address."""
         proc, address = start_worker(
-            model, self._log_dir / f"worker-{len(self._processes)}.log", *extra
+            model, self._log_dir / f"worker-{len(self._processes)}.log", *extra, port=port
         )
         self._processes.append(proc)
         return proc, address
 
     def start_scheduler(self, *extra: str, worker_address: str | None = None) -> ServiceProcess:
-        """A ready `orca-scheduler` process (stopped at teardown)."""
+        """A ready `orca-scheduler` process (stopped at teardown); `worker_address` may be a
+        comma-separated list of workers."""
         n = len(self._processes)
         proc = ServiceProcess(
             f"scheduler-{n}",

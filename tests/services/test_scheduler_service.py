@@ -235,10 +235,11 @@ def test_sigterm_drains_running_requests_and_reads_no_new_ones(harness):
     assert harness.load().num_pipelines == 0
 
 
-def test_a_failed_step_fails_its_requests_and_a_lost_worker_stops_the_scheduler(
-    harness, tiny_llama
+def test_a_failed_step_fails_its_requests_and_a_lost_worker_is_waited_for(
+    harness, tiny_llama, reference_llm
 ):
-    worker, address = harness.start_worker(tiny_llama)
+    port = free_port()
+    worker, address = harness.start_worker(tiny_llama, port=port)
     scheduler = harness.start_scheduler(worker_address=address)
     prompt = random_prompts((12,), VOCAB_SIZE, seed=9)[0]
     harness.submit("before", prompt, max_tokens=480, ignore_eos=True)
@@ -254,8 +255,18 @@ def test_a_failed_step_fails_its_requests_and_a_lost_worker_stops_the_scheduler(
     assert scheduler.process.poll() is None  # still serving
     harness.eventually(lambda: harness.pending() == 0)
 
-    # Losing the worker loses its KV: the scheduler exits (a restart resumes from Redis).
+    # Losing the only pipeline: the scheduler keeps serving, requests wait for a pipeline...
     worker.signal(signal.SIGKILL)
     worker.wait()
-    assert scheduler.wait() == 1
-    assert "pipeline_lost" in scheduler.log_tail()
+    harness.eventually(lambda: "pipeline_lost" in scheduler.log_tail())
+    harness.eventually(lambda: harness.load().num_pipelines == 0)
+    [want] = reference(reference_llm, [prompt], 6)
+    harness.submit("waits", prompt, max_tokens=6)
+    time.sleep(0.5)
+    assert harness.chunks("waits") == [] and scheduler.process.poll() is None
+    assert harness.load().num_waiting == 1
+    # ... until a worker is back at the address: it is picked up with no restart.
+    harness.start_worker(tiny_llama, port=port)
+    chunks = harness.wait_for_chunks("waits")
+    assert (harness.tokens(chunks), chunks[-1].finish_reason) == want
+    harness.eventually(lambda: harness.load().num_pipelines == 1)

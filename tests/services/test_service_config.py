@@ -33,7 +33,14 @@ def test_scheduler_flags_default_from_the_environment_and_flags_win():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--workers", "a:1,b:2"], ["--workers", "no-port"], ["--kv-policy", "lru"]],
+    [
+        ["--workers", "a:1,b:2,c:3", "--tp", "2"],  # not whole pipelines
+        ["--workers", "a:1,b:2", "--pipelines", "1"],  # two pipelines of one worker
+        ["--workers", "no-port"],
+        ["--kv-policy", "lru"],
+        ["--pp", "0"],
+        ["--discovery", "consul"],
+    ],
 )
 def test_scheduler_rejects_bad_flags(argv):
     with pytest.raises(SystemExit):

@@ -12,14 +12,29 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orca_scheduler.topology import Topology
+
 
 @dataclass(frozen=True)
 class SchedulerServiceConfig:
     """How to run the scheduler service: where Redis and the workers are, and the policy."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # host:port of each pipeline's worker (one pipeline of one worker for now).
+    # Topology: pipelines of `pp` stages of `tp` tensor-parallel ranks (see topology.py).
+    tp: int = 1
+    pp: int = 1
+    # Where the workers come from: "static" (`workers`) or "kubernetes" (a pod watch).
+    discovery: str = "static"
+    # Static: host:port of every worker, in ordinal order (pp·tp per pipeline).
     workers: tuple[str, ...] = ("127.0.0.1:50051",)
+    # Pipelines to wait for at startup (up to connect_timeout_s): static, all of them.
+    expected_pipelines: int = 1
+    # Kubernetes: the worker pods (namespace, label selector), their gRPC port, and the
+    # API's URL ("" = in-cluster; a URL for tests or `kubectl proxy`).
+    k8s_namespace: str = ""
+    k8s_label_selector: str = "app.kubernetes.io/component=worker"
+    k8s_worker_port: int = 50051
+    k8s_api_url: str = ""
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     kv_policy: str = "paged"
@@ -32,7 +47,7 @@ class SchedulerServiceConfig:
     # lets a restart find its own pending requests at once).
     consumer_name: str = ""
     log_level: str = "INFO"
-    # Keep retrying to reach the workers for this long at startup.
+    # At startup, wait this long for the expected pipelines.
     connect_timeout_s: float = 60.0
     # A pending request idle this long belongs to a dead scheduler: claim and resume it.
     claim_idle_s: float = 30.0
@@ -66,12 +81,55 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         p.add_argument(name, default=env.get(var, default), help=f"{help_} (env {var})", **kwargs)
 
     flag("--redis-url", "ORCA_REDIS_URL", SchedulerServiceConfig.redis_url, "Redis URL")
+    flag("--tp", "ORCA_TP", "1", "tensor-parallel ranks per pipeline stage", type=int)
+    flag("--pp", "ORCA_PP", "1", "pipeline stages per pipeline (plans in flight)", type=int)
+    flag(
+        "--discovery",
+        "ORCA_DISCOVERY",
+        "static",
+        "where the workers come from: static (--workers) or kubernetes (a pod watch)",
+        choices=("static", "kubernetes"),
+    )
     flag(
         "--workers",
         "ORCA_WORKERS",
         "127.0.0.1:50051",
-        "worker address host:port (one pipeline; a comma-separated list is reserved for "
-        "several pipelines)",
+        "static discovery: comma-separated host:port of every worker in ordinal order; "
+        "worker i is pipeline i // (pp*tp), stage (i // tp) % pp, rank i % tp",
+    )
+    flag(
+        "--pipelines",
+        "ORCA_PIPELINES",
+        "0",
+        "expected pipelines, waited for at startup (static: checked against --workers, "
+        "default all of them; kubernetes: default 1)",
+        type=int,
+    )
+    flag(
+        "--k8s-namespace",
+        "ORCA_K8S_NAMESPACE",
+        "",
+        "kubernetes discovery: the workers' namespace (default: the scheduler pod's own)",
+    )
+    flag(
+        "--k8s-label-selector",
+        "ORCA_K8S_LABEL_SELECTOR",
+        SchedulerServiceConfig.k8s_label_selector,
+        "kubernetes discovery: label selector of the worker pods (one StatefulSet)",
+    )
+    flag(
+        "--k8s-worker-port",
+        "ORCA_K8S_WORKER_PORT",
+        "50051",
+        "kubernetes discovery: the workers' gRPC port",
+        type=int,
+    )
+    flag(
+        "--k8s-api-url",
+        "ORCA_K8S_API_URL",
+        "",
+        "kubernetes discovery: API URL without auth (tests, kubectl proxy); "
+        "default in-cluster (service account token and CA)",
     )
     flag("--max-num-seqs", "ORCA_MAX_NUM_SEQS", "256", "most requests in one batch", type=int)
     flag(
@@ -113,7 +171,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--connect-timeout-s",
         "ORCA_CONNECT_TIMEOUT_S",
         "60",
-        "keep retrying the workers this long at startup",
+        "at startup, wait this long for the expected pipelines",
         type=float,
     )
     flag(
@@ -131,13 +189,30 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
     """Parse flags (falling back to `env`) into a SchedulerServiceConfig; exits on bad flags."""
     parser = build_parser(env)
     args = parser.parse_args(argv)
+    if args.tp < 1 or args.pp < 1:
+        parser.error("--tp and --pp must be >= 1")
+    topology = Topology(pp=args.pp, tp=args.tp)
     workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
-    if len(workers) != 1:
-        parser.error(f"--workers: exactly one worker for now (one pipeline), got {workers}")
-    for address in workers:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            parser.error(f"--workers: {address!r} is not host:port")
+    expected = args.pipelines
+    if args.discovery == "static":
+        for address in workers:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                parser.error(f"--workers: {address!r} is not host:port")
+        try:
+            num_pipelines = topology.num_pipelines(len(workers))
+        except ValueError as exc:
+            parser.error(f"--workers: {exc}")
+        if num_pipelines == 0:
+            parser.error("--workers: at least one pipeline of workers is needed")
+        if expected and expected != num_pipelines:
+            parser.error(
+                f"--pipelines {expected}, but --workers lists {num_pipelines} pipeline(s) of "
+                f"pp={args.pp} x tp={args.tp}"
+            )
+        expected = num_pipelines
+    if expected < 0 or args.k8s_worker_port < 1:
+        parser.error("--pipelines must be >= 0 and --k8s-worker-port >= 1")
     for name in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -145,7 +220,15 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
         parser.error("--claim-idle-s must be > 0 and --connect-timeout-s >= 0")
     return SchedulerServiceConfig(
         redis_url=args.redis_url,
+        tp=args.tp,
+        pp=args.pp,
+        discovery=args.discovery,
         workers=workers,
+        expected_pipelines=max(expected, 1),
+        k8s_namespace=args.k8s_namespace,
+        k8s_label_selector=args.k8s_label_selector,
+        k8s_worker_port=args.k8s_worker_port,
+        k8s_api_url=args.k8s_api_url,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_policy=args.kv_policy,

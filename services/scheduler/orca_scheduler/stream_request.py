@@ -18,12 +18,11 @@ from orca_scheduler.inbox import IncomingRequest
 MAX_TOP_LOGPROBS = 20
 
 
-def to_core_request(incoming: IncomingRequest, vocab_size: int) -> Request:
+def to_core_request(incoming: IncomingRequest) -> Request:
     """The core Request of `incoming` (its already-published tokens as output tokens);
-    InvalidRequestError when the worker could not run it."""
+    InvalidRequestError when no worker could run its sampling parameters. Its token ids are
+    checked against the vocabulary of the pipeline it is placed on (`check_vocabulary`)."""
     sr = incoming.request
-    _check_token_ids(sr.request_id, "prompt", sr.prompt_token_ids, vocab_size)
-    _check_token_ids(sr.request_id, "output", incoming.output_token_ids, vocab_size)
     _check_sampling(sr.request_id, sr.sampling)
     sampling = worker_pb2.SamplingParams()
     sampling.CopyFrom(sr.sampling)
@@ -39,6 +38,12 @@ def to_core_request(incoming: IncomingRequest, vocab_size: int) -> Request:
         arrival_time=sr.arrival_time_unix or time.time(),
         output_token_ids=list(incoming.output_token_ids),
     )
+
+
+def check_vocabulary(request: Request, vocab_size: int) -> None:
+    """InvalidRequestError unless every prompt and output token id is in [0, vocab_size)."""
+    _check_token_ids(request.request_id, "prompt", request.prompt_token_ids, vocab_size)
+    _check_token_ids(request.request_id, "output", request.output_token_ids, vocab_size)
 
 
 def _check_token_ids(request_id: str, what: str, token_ids, vocab_size: int) -> None:

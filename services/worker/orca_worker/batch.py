@@ -108,16 +108,18 @@ def prepare_batch(
 
 
 def commit(
-    batch: PreparedBatch, seqs: dict[str, SequenceState], sampled_token_ids: list[int]
+    batch: PreparedBatch, seqs: dict[str, SequenceState], sampled_token_ids: list[int] | None
 ) -> None:
-    """Apply the staged changes of a step that ran, and record its sampled tokens."""
+    """Apply the staged changes of a step that ran, and record its sampled tokens (None on a
+    worker that does not sample: only the sampler reads them)."""
     seqs.update(batch.added)
     for seq_id in batch.released:
         seqs.pop(seq_id, None)  # releasing an unknown id is a no-op (idempotent)
     for seq_id, table in batch.block_tables.items():
         seqs[seq_id].block_ids = table
-    for state, token_id in zip(batch.sampled_states, sampled_token_ids, strict=True):
-        state.output_token_ids.append(token_id)
+    if sampled_token_ids is not None:
+        for state, token_id in zip(batch.sampled_states, sampled_token_ids, strict=True):
+            state.output_token_ids.append(token_id)
 
 
 def _stage_new_seqs(

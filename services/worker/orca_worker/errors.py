@@ -17,3 +17,8 @@ class MissingWeightsError(ModelLoadError):
 
 class InvalidPlanError(ValueError):
     """A StepPlan that the worker refuses to run (it is reported in StepResult.error)."""
+
+
+class PipelineBrokenError(RuntimeError):
+    """The workers of a pipeline fell out of step or lost each other: this worker cannot run
+    another plan, and its pipeline must be restarted."""

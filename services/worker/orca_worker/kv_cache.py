@@ -1,4 +1,7 @@
-"""The paged KV pool: per layer, K and V blocks of [block_size, num_kv_heads, head_dim]."""
+"""The paged KV pool: per layer, K and V blocks of [block_size, num_kv_heads, head_dim].
+
+A worker holds the pool of its own layers (its pipeline stage) and KV heads (its TP rank).
+"""
 
 from __future__ import annotations
 
@@ -51,10 +54,20 @@ class KVCachePool:
         return self._storage.numel() * self._storage.element_size()
 
 
-def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes one block costs across all layers, K and V."""
+def kv_bytes_per_block(
+    config: ModelConfig,
+    block_size: int,
+    dtype: torch.dtype,
+    *,
+    num_layers: int | None = None,
+    num_kv_heads: int | None = None,
+) -> int:
+    """Bytes one block costs across the layers and KV heads this worker holds (default: the
+    whole model's), K and V."""
     elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * elem
+    layers = config.num_layers if num_layers is None else num_layers
+    heads = config.num_kv_heads if num_kv_heads is None else num_kv_heads
+    return 2 * layers * block_size * heads * config.head_dim * elem
 
 
 def plan_num_blocks(
@@ -63,10 +76,16 @@ def plan_num_blocks(
     dtype: torch.dtype,
     device: torch.device,
     memory_fraction: float,
+    *,
+    num_layers: int | None = None,
+    num_kv_heads: int | None = None,
 ) -> int:
     """How many blocks fit: `memory_fraction` of free GPU memory (measured after the weights
-    are loaded); on CPU, CPU_KV_BUDGET_BYTES or CPU_MAX_FULL_SEQS sequences, the smaller."""
-    per_block = kv_bytes_per_block(config, block_size, dtype)
+    are loaded); on CPU, CPU_KV_BUDGET_BYTES or CPU_MAX_FULL_SEQS sequences, the smaller.
+    `num_layers` / `num_kv_heads`: this worker's share (a pipeline stage, a TP rank)."""
+    per_block = kv_bytes_per_block(
+        config, block_size, dtype, num_layers=num_layers, num_kv_heads=num_kv_heads
+    )
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         budget = int(free_bytes * memory_fraction)
@@ -80,9 +99,14 @@ def plan_num_blocks(
     return num_blocks
 
 
+def attention_layers(model: nn.Module) -> list[PagedAttention]:
+    """The model's attention layers, in layer order (a pipeline stage: only its own)."""
+    return [m for m in model.modules() if isinstance(m, PagedAttention)]
+
+
 def bind_kv_cache(model: nn.Module, pool: KVCachePool, backend: AttentionBackend) -> None:
     """Point each PagedAttention layer of `model`, in layer order, at its slice of the pool."""
-    layers = [m for m in model.modules() if isinstance(m, PagedAttention)]
+    layers = attention_layers(model)
     if len(layers) != len(pool.k_caches):
         raise RuntimeError(f"model has {len(layers)} attention layers, pool {len(pool.k_caches)}")
     for layer, k_cache, v_cache in zip(layers, pool.k_caches, pool.v_caches, strict=True):

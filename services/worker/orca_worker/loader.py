@@ -1,20 +1,23 @@
 """Builds a model on its device and fills its weights from safetensors (or at random).
 
-Each parameter is allocated once, in the target dtype, directly on the target device;
-checkpoint tensors are then copied into it (into row slices for fused projections).
+The model is built on the meta device first (no memory), then `prepare` may cut it down
+(pipeline stage pruning, tensor-parallel sharding); only what remains is allocated, in the
+target dtype, directly on the target device. Each parameter then reads just its own slice
+of each checkpoint tensor (`ShardLayout`), so a rank never loads what it does not hold.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from orca_worker.config import ModelConfig
 from orca_worker.errors import MissingWeightsError, ModelLoadError
@@ -28,13 +31,38 @@ RANDOM_INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
+class ShardLayout:
+    """Which part of the full tensor a module's weight holds, along one dimension.
+
+    The full weight is the concatenation of `full_sizes` parts along `dim` (q|k|v, gate|up,
+    or a single part); this weight holds `pieces[i] = (start, length)` of part i, stacked in
+    order. A module without a layout holds every part whole. Biases follow a dim-0 layout
+    and are whole under a dim-1 one.
+    """
+
+    dim: int
+    full_sizes: tuple[int, ...]
+    pieces: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def whole(cls, sizes: tuple[int, ...]) -> ShardLayout:
+        """The layout of an unsharded weight made of `sizes` row blocks."""
+        return cls(0, sizes, tuple((0, n) for n in sizes))
+
+
+@dataclass(frozen=True)
 class WeightSpec:
-    """One checkpoint tensor and the parameter rows it fills."""
+    """One copy: `length` slices of a checkpoint tensor along `dim` (in the parameter's
+    orientation, i.e. after any transpose) into the parameter."""
 
     checkpoint_name: str
     param_name: str
-    row_offset: int
-    num_rows: int
+    dim: int
+    src_start: int
+    dst_start: int
+    length: int
+    # The checkpoint tensor's full shape, in the parameter's orientation.
+    full_shape: tuple[int, ...]
     transpose: bool = False
 
 
@@ -45,13 +73,19 @@ def load_model(
     device: torch.device,
     load_format: str = "safetensors",
     seed: int = 0,
+    prepare: Callable[[CausalLM], None] | None = None,
 ) -> CausalLM:
-    """Build the model for `config` on `device` in `dtype` and load (or randomize) its weights."""
+    """Build the model for `config` in `dtype`, let `prepare` rewrite it while it is still
+    on the meta device, then allocate it on `device` and load (or randomize) its weights."""
     if load_format not in LOAD_FORMATS:
         raise ModelLoadError(f"unknown load_format {load_format!r}; expected one of {LOAD_FORMATS}")
     model_cls = get_model_class(config.architecture)
-    with torch.no_grad(), torch.device(device), _default_dtype(dtype):
-        model = model_cls(config)
+    with torch.no_grad():
+        with torch.device("meta"), _default_dtype(dtype):
+            model = model_cls(config)
+        if prepare is not None:
+            prepare(model)
+        materialize(model, device)
         if load_format == "random":
             init_random(model, seed)
         else:
@@ -59,35 +93,76 @@ def load_model(
     return model.eval()
 
 
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """Allocate every meta parameter (uninitialized) on `device`; move buffers there."""
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.is_meta:
+                data = torch.empty_like(param, device=device)
+                module._parameters[name] = nn.Parameter(data, requires_grad=False)
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                if buffer.is_meta:
+                    raise RuntimeError(f"buffer {name!r} was built on the meta device")
+                module._buffers[name] = buffer.to(device)
+
+
+def layout_of(module: nn.Module, param: torch.Tensor) -> ShardLayout:
+    """The layout of one of `module`'s parameters (see ShardLayout)."""
+    layout = getattr(module, "shard_layout", None)
+    if layout is not None and layout.dim < param.dim():
+        return layout
+    sizes = getattr(module, "output_sizes", None) or (param.shape[0],)
+    return ShardLayout.whole(tuple(sizes))
+
+
 def checkpoint_specs(model: CausalLM) -> list[WeightSpec]:
-    """Where every checkpoint tensor the model needs goes, derived from its parameter names."""
+    """Where every checkpoint tensor the model needs goes, derived from its parameter names
+    and layouts: fused projections read one checkpoint tensor per `packed_modules` part (or
+    consecutive blocks of one tensor when the checkpoint fuses them too)."""
     modules = dict(model.named_modules())
     specs = []
     for param_name, param in model.named_parameters():
         module_name, _, leaf = param_name.rpartition(".")
         parent, _, attr = module_name.rpartition(".")
+        layout = layout_of(modules[module_name], param)
         parts = model.packed_modules.get(attr)
-        if parts is None:
-            pieces = [(module_name, param.shape[0])]
-        else:  # a fused projection: one checkpoint tensor per stacked part
-            sizes = modules[module_name].output_sizes
-            pieces = [
-                (f"{parent}.{part}" if parent else part, n)
-                for part, n in zip(parts, sizes, strict=True)
-            ]
-        offset = 0
-        for ckpt_module, rows in pieces:
+        if parts is not None and len(parts) != len(layout.full_sizes):
+            raise ModelLoadError(f"{module_name}: {len(parts)} packed parts, layout has {layout}")
+        src_base, dst = 0, 0
+        for i, (full, (start, length)) in enumerate(
+            zip(layout.full_sizes, layout.pieces, strict=True)
+        ):
+            ckpt_module = module_name
+            if parts is not None:  # one checkpoint tensor per part
+                ckpt_module = f"{parent}.{parts[i]}" if parent else parts[i]
             name = f"{ckpt_module}.{leaf}"
             for ours, theirs in model.checkpoint_renames:
                 name = name.replace(ours, theirs)
+            full_shape = list(param.shape)
+            full_shape[layout.dim] = full if parts is not None else sum(layout.full_sizes)
             transpose = name.endswith(model.transposed_weights)
-            specs.append(WeightSpec(name, param_name, offset, rows, transpose))
-            offset += rows
+            specs.append(
+                WeightSpec(
+                    name,
+                    param_name,
+                    layout.dim,
+                    src_base + start,
+                    dst,
+                    length,
+                    tuple(full_shape),
+                    transpose,
+                )
+            )
+            dst += length
+            if parts is None:
+                src_base += full
     return specs
 
 
 def load_safetensors(model: CausalLM, model_dir: Path) -> None:
-    """Copy every tensor the model needs from `model.safetensors` or a sharded index."""
+    """Copy the slices of the tensors the model needs from `model.safetensors` or a sharded
+    index; rows a layout pads (past the end of a vocabulary) are zeroed."""
     tensor_files = _tensor_files(model_dir)
     specs = checkpoint_specs(model)
     names = {
@@ -104,6 +179,7 @@ def load_safetensors(model: CausalLM, model_dir: Path) -> None:
         by_file[tensor_files[names[spec.checkpoint_name]]].append(spec)
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
+    filled: dict[str, int] = defaultdict(int)
     for file_name, file_specs in by_file.items():
         path = model_dir / file_name
         if not path.is_file():
@@ -113,16 +189,35 @@ def load_safetensors(model: CausalLM, model_dir: Path) -> None:
         # Read straight onto the target device: a GPU load skips a host copy.
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             for spec in file_specs:
-                tensor = f.get_tensor(names[spec.checkpoint_name])
-                if spec.transpose:
-                    tensor = tensor.t()
-                target = params[spec.param_name].data.narrow(0, spec.row_offset, spec.num_rows)
-                if tensor.shape != target.shape:
-                    raise ModelLoadError(
-                        f"tensor {spec.checkpoint_name!r} in {file_name} has shape "
-                        f"{tuple(tensor.shape)}, the model expects {tuple(target.shape)}"
-                    )
-                target.copy_(tensor)
+                target = params[spec.param_name].data
+                target.narrow(spec.dim, spec.dst_start, spec.length).copy_(
+                    _read_slice(f, names[spec.checkpoint_name], spec, file_name, target)
+                )
+                filled[spec.param_name] = max(filled[spec.param_name], spec.dst_start + spec.length)
+    for spec in specs:  # zero what no checkpoint row fills (vocabulary padding)
+        target = params[spec.param_name].data
+        end = filled[spec.param_name]
+        if end < target.shape[spec.dim]:
+            target.narrow(spec.dim, end, target.shape[spec.dim] - end).zero_()
+
+
+def _read_slice(f, name: str, spec: WeightSpec, file_name: str, target: torch.Tensor):
+    """The spec's slice of checkpoint tensor `name`, in the parameter's orientation."""
+    view = f.get_slice(name)
+    shape = tuple(view.get_shape())
+    if spec.transpose and len(shape) == 2:
+        shape = shape[::-1]
+    expected = spec.full_shape
+    if shape != expected:
+        raise ModelLoadError(
+            f"tensor {spec.checkpoint_name!r} in {file_name} has shape {shape}, "
+            f"the model expects {expected}"
+        )
+    disk_dim = 1 - spec.dim if spec.transpose and len(shape) == 2 else spec.dim
+    index = [slice(None)] * len(shape)
+    index[disk_dim] = slice(spec.src_start, spec.src_start + spec.length)
+    tensor = view[tuple(index)]
+    return tensor.t() if spec.transpose and len(shape) == 2 else tensor
 
 
 def init_random(model: CausalLM, seed: int) -> None:

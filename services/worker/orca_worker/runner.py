@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,8 +14,10 @@ from orca_worker.attention import TorchAttentionBackend
 from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit, prepare_batch
 from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
 from orca_worker.errors import InvalidPlanError, ModelLoadError
-from orca_worker.kv_cache import KVCachePool, bind_kv_cache, plan_num_blocks
-from orca_worker.loader import load_model
+from orca_worker.kv_cache import KVCachePool, attention_layers, bind_kv_cache, plan_num_blocks
+from orca_worker.parallel.distributed import ParallelComm
+from orca_worker.parallel.stage import build_stage
+from orca_worker.parallel.topology import WorkerPlace
 from orca_worker.sampler import Sampler, SamplerOutput
 from orca_worker.timing import StepTimer
 
@@ -41,50 +43,75 @@ class RunnerConfig:
     load_format: str = "safetensors"
     # Seeds random weights and the sampler's shared generator (requests without a seed).
     seed: int = 0
+    # Where this worker sits in its pipeline; the default is a whole model in one process.
+    place: WorkerPlace = field(default_factory=WorkerPlace)
+    # Layers per pipeline stage (first stage first); None splits them evenly.
+    pp_layers: tuple[int, ...] | None = None
 
 
 class ModelRunner:
-    """Loads the model, allocates the KV pool, and runs one StepPlan at a time."""
+    """Loads the model (this worker's shard of it), allocates the KV pool for its layers and
+    KV heads, and runs one StepPlan at a time. With tp or pp > 1, `comm` is its pipeline's
+    process group (see parallel.distributed.init_parallel); every worker of the pipeline
+    must be given the same plans in the same order."""
 
-    def __init__(self, config: RunnerConfig) -> None:
-        _check_runner_config(config)
+    def __init__(self, config: RunnerConfig, comm: ParallelComm | None = None) -> None:
+        _check_runner_config(config, comm)
         self.config = config
+        self.place = config.place
         self.device = torch.device(config.device)
-        self.model_config = load_model_config(config.model_dir)
-        self.dtype_name = _resolve_dtype(config.dtype, self.model_config.dtype)
+        self.model_config = mc = load_model_config(config.model_dir)
+        self.dtype_name = _resolve_dtype(config.dtype, mc.dtype)
         dtype = getattr(torch, self.dtype_name)
-        self.model = load_model(
-            self.model_config, config.model_dir, dtype, self.device, config.load_format, config.seed
+        self.stage = build_stage(
+            mc,
+            config.model_dir,
+            dtype,
+            self.device,
+            config.load_format,
+            config.seed,
+            self.place,
+            config.pp_layers,
+            comm,
         )
+        self.model, self.layers = self.stage.model, self.stage.layers
+        attn = attention_layers(self.model)
+        num_kv_heads, head_dim = attn[0].num_kv_heads, attn[0].head_dim
         num_blocks = config.num_kv_blocks or plan_num_blocks(
-            self.model_config,
+            mc,
             config.block_size,
             dtype,
             self.device,
             config.kv_cache_memory_fraction,
+            num_layers=len(attn),
+            num_kv_heads=num_kv_heads,
         )
-        mc = self.model_config
+        if comm is not None:  # one pool size for the pipeline: the scheduler sees one number
+            num_blocks = comm.pipeline_min(num_blocks)
         self.kv_pool = KVCachePool(
-            mc.num_layers,
-            num_blocks,
-            config.block_size,
-            mc.num_kv_heads,
-            mc.head_dim,
-            dtype,
-            self.device,
+            len(attn), num_blocks, config.block_size, num_kv_heads, head_dim, dtype, self.device
         )
         bind_kv_cache(self.model, self.kv_pool, TorchAttentionBackend())
+        self.distributed = comm is not None
+        # Set once the pipeline cannot run another plan (see PipelineBrokenError).
+        self.broken: str | None = None
         self.limits = BatchLimits(
             mc.vocab_size, mc.max_position_embeddings, num_blocks, config.block_size
         )
         self.sampler = Sampler(seed=config.seed)
         self.seqs: dict[str, SequenceState] = {}
         log.info(
-            "model_loaded model=%s arch=%s dtype=%s device=%s kv_blocks=%d kv_bytes=%d",
+            "model_loaded model=%s arch=%s dtype=%s device=%s pipeline=%d stage=%d tp_rank=%d "
+            "layers=%d-%d kv_blocks=%d kv_bytes=%d",
             self.model_name,
             mc.architecture,
             self.dtype_name,
             self.device,
+            self.place.pipeline,
+            self.place.stage,
+            self.place.tp_rank,
+            self.layers.start,
+            self.layers.stop - 1,
             num_blocks,
             self.kv_pool.kv_bytes,
         )
@@ -95,7 +122,9 @@ class ModelRunner:
         return Path(self.config.model_dir).resolve().name
 
     def info(self) -> worker_pb2.WorkerInfo:
-        """Describe this worker: model, dtype, KV pool shape, limits, EOS ids, vocabulary."""
+        """Describe this worker: model, dtype, KV pool shape, limits, EOS ids, vocabulary and
+        its place (pipeline, stage, TP rank, sizes)."""
+        place = self.place
         return worker_pb2.WorkerInfo(
             model=self.model_name,
             dtype=self.dtype_name,
@@ -105,51 +134,91 @@ class ModelRunner:
             eos_token_ids=list(
                 _eos_token_ids(self.config.model_dir, self.model_config.eos_token_ids)
             ),
-            stage=0,
-            tp_rank=0,
+            stage=place.stage,
+            tp_rank=place.tp_rank,
             vocab_size=self.model_config.vocab_size,
+            pipeline=place.pipeline,
+            pp_size=place.pp_size,
+            tp_size=place.tp_size,
         )
 
+    def enter_step_thread(self) -> None:
+        """Call once on the thread that will run `execute` (binds its CUDA device)."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
     @torch.inference_mode()
-    def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
+    def execute(
+        self, plan: worker_pb2.StepPlan, refusal: str | None = None
+    ) -> worker_pb2.StepResult:
         """Run one plan. Never raises: a bad plan or a failed step comes back as
-        StepResult.error, with the worker's sequence table left as it was."""
+        StepResult.error, with the worker's sequence table left as it was. Only the sampling
+        worker (last stage, TP rank 0) returns tokens; the others return the step id, timings
+        and any error.
+
+        `refusal` fails the plan on purpose (draining). In a pipeline only the first stage's
+        refusals count: they reach the later stages in the step header, so that every stage
+        drops the plan alike (a later stage refusing alone would leave the earlier ones
+        tracking sequences it never saw)."""
         result = worker_pb2.StepResult(step_id=plan.step_id)
-        timer = StepTimer(self.device)
-        try:
-            batch = prepare_batch(plan, self.seqs, self.limits, self.device)
-            timer.mark()
-            hidden = None
-            if batch.input_ids is not None:
-                hidden = self.model(batch.input_ids, batch.positions, batch.meta)
-            timer.mark()
-            sampled = self._sample(batch, hidden)
-            timer.mark()
-        except InvalidPlanError as exc:
-            result.error = f"invalid plan: {exc}"
+        if self.broken is not None:
+            result.error = self.broken
             return result
+        timer = StepTimer(self.device)
+        batch, error = None, refusal if self.place.is_first_stage else None
+        if error is None:
+            try:
+                batch = prepare_batch(plan, self.seqs, self.limits, self.device)
+            except InvalidPlanError as exc:
+                error = f"invalid plan: {exc}"
+            except Exception as exc:  # still this worker's own verdict: no collective yet
+                log.exception("step_failed step_id=%d", plan.step_id)
+                error = f"step failed: {type(exc).__name__}: {exc}"
+        timer.mark()
+        try:
+            hidden, error = self.stage.forward(plan.step_id, batch, error)
+            timer.mark()
+            sampled = self._sample(batch, hidden) if error is None else None
+            timer.mark()
         except Exception as exc:  # a failed forward must not take the worker down
             log.exception("step_failed step_id=%d", plan.step_id)
             result.error = f"step failed: {type(exc).__name__}: {exc}"
+            if self.distributed:  # its peers may be stuck in a collective: stop here
+                self.broken = f"pipeline broken: {result.error}"
+                result.error = self.broken
             return result
-        commit(batch, self.seqs, sampled.token_ids)
-        self._fill_tokens(result, batch, sampled)
+        if error is not None:
+            result.error = error
+            return result
+        assert batch is not None
+        commit(batch, self.seqs, sampled.token_ids if sampled is not None else None)
+        if sampled is not None:
+            self._fill_tokens(result, batch, sampled)
         prepare_ms, forward_ms, sample_ms = timer.elapsed_ms()
         result.timings.prepare_ms = prepare_ms
         result.timings.forward_ms = forward_ms
         result.timings.sample_ms = sample_ms
         return result
 
+    def close(self) -> None:
+        """Finish this worker's part of the pipeline's last step (its pending sends)."""
+        if self.broken is None:
+            self.stage.close()
+
     @property
     def num_active_seqs(self) -> int:
         """Sequences whose state this worker caches."""
         return len(self.seqs)
 
-    def _sample(self, batch: PreparedBatch, hidden: torch.Tensor | None) -> SamplerOutput:
+    def _sample(self, batch: PreparedBatch, hidden: torch.Tensor | None) -> SamplerOutput | None:
+        """Tokens of the sampled steps, on the sampling worker; None elsewhere. Every TP rank
+        of the last stage computes the logits (the LM head gathers them across ranks)."""
         if hidden is None or not batch.sampled_states:
-            return SamplerOutput([], [], [])
+            return SamplerOutput([], [], []) if self.place.samples else None
         # float32 logits: the sampler's softmax and logprobs must not lose precision in bf16.
         logits = self.model.compute_logits(hidden[batch.sample_indices]).float()
+        if not self.place.samples:
+            return None
         return self.sampler(logits, batch.sampled_states)
 
     @staticmethod
@@ -165,8 +234,12 @@ class ModelRunner:
                 token.top_logprobs.add(token_id=token_id, logprob=logprob)
 
 
-def _check_runner_config(config: RunnerConfig) -> None:
+def _check_runner_config(config: RunnerConfig, comm: ParallelComm | None) -> None:
     """Reject settings no pool can be built from, before any memory is spent."""
+    if config.place.world_size > 1 and comm is None:
+        raise ModelLoadError("tp or pp > 1 needs the pipeline's process group (comm)")
+    if comm is not None and comm.place != config.place:
+        raise ModelLoadError(f"comm is for {comm.place}, the runner for {config.place}")
     if config.block_size < 1:
         raise ModelLoadError(f"block_size must be positive, got {config.block_size}")
     if config.num_kv_blocks is not None and config.num_kv_blocks < 1:

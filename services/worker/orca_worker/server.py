@@ -1,5 +1,8 @@
 """The worker's gRPC service (`orca.v1.Worker`) around one ModelRunner.
 
+In a pipeline (tp or pp > 1) every worker runs this same service: the scheduler sends each
+plan to all of them, and each answers it (only the last stage's TP rank 0 with tokens).
+
 `Execute` is one long-lived stream per scheduler: plans in, results out, strictly in step
 order. The model runs on one dedicated thread, so the event loop keeps answering `Info`,
 `Drain` and keepalives during a step. A new `Execute` stream means a new (or restarted)
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -28,11 +31,15 @@ DRAINING_ERROR = "draining: this worker accepts no new sequences"
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     """Serves one ModelRunner: Info, the Execute stream and Drain."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, on_broken: Callable[[str], None] | None = None) -> None:
         self._runner = runner
         self._info = runner.info()
+        # Told once when the runner's pipeline broke (the worker should exit and be restarted).
+        self._on_broken = on_broken
         # One thread: steps never overlap, and the runner needs no lock.
-        self._step_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orca-step")
+        self._step_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="orca-step", initializer=runner.enter_step_thread
+        )
         self._stream_generation = 0
         self.draining = False
         self.num_open_streams = 0
@@ -86,15 +93,20 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._step_thread.shutdown(wait=True)
 
     async def _execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
-        if self.draining and plan.new_seqs:
-            return worker_pb2.StepResult(step_id=plan.step_id, error=DRAINING_ERROR)
+        # A refused plan still goes through the runner: in a pipeline the first stage's
+        # refusal must reach the other workers (later stages' refusals are ignored there).
+        refusal = DRAINING_ERROR if self.draining and plan.new_seqs else None
         try:
-            return await self._on_step_thread(self._runner.execute, plan)
+            result = await self._on_step_thread(self._runner.execute, plan, refusal)
         except Exception as exc:  # the runner reports errors itself; this is a last guard
             log.exception("step_crashed step_id=%d", plan.step_id)
-            return worker_pb2.StepResult(
+            result = worker_pb2.StepResult(
                 step_id=plan.step_id, error=f"step failed: {type(exc).__name__}: {exc}"
             )
+        if self._runner.broken is not None and self._on_broken is not None:
+            self._on_broken(self._runner.broken)
+            self._on_broken = None
+        return result
 
     async def _on_step_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._step_thread, fn, *args)

@@ -7,9 +7,12 @@ environment is read only when `parse_config` is called, never at import time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orca_worker.parallel.distributed import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from orca_worker.parallel.topology import TopologyError, parse_layer_counts, place_of
 from orca_worker.runner import RunnerConfig
 
 
@@ -25,6 +28,12 @@ class WorkerServiceConfig:
     drain_timeout_s: float = 30.0
     # Largest StepPlan / StepResult accepted on the wire.
     max_message_bytes: int = 64 * 1024 * 1024
+    # host:port of the pipeline's rendezvous (its rank-0 worker); needed when tp * pp > 1.
+    dist_init_addr: str | None = None
+    # How long a collective or an activation receive may wait before the pipeline is broken.
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S
+    # How long the rendezvous waits for the pipeline's other workers to start.
+    dist_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -67,6 +76,46 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float,
     )
     flag("--log-level", "ORCA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    # Topology: the ordinal gives pipeline, stage and TP rank; explicit flags override them.
+    flag("--tp", "ORCA_TP", "1", "tensor-parallel ranks per pipeline stage", type=int)
+    flag("--pp", "ORCA_PP", "1", "pipeline stages per pipeline", type=int)
+    flag(
+        "--ordinal",
+        "ORCA_WORKER_ORDINAL",
+        None,
+        "worker index i: pipeline i // (pp*tp), stage (i // tp) %% pp, TP rank i %% tp",
+        type=int,
+    )
+    flag("--pipeline", "ORCA_PIPELINE", None, "pipeline index (overrides --ordinal)", type=int)
+    flag("--stage", "ORCA_STAGE", None, "pipeline stage (overrides --ordinal)", type=int)
+    flag("--tp-rank", "ORCA_TP_RANK", None, "TP rank in the stage (overrides --ordinal)", type=int)
+    flag(
+        "--pp-layers",
+        "ORCA_PP_LAYERS",
+        None,
+        "layers per stage, e.g. 12,12,8 (default: an even split)",
+    )
+    flag(
+        "--dist-init-addr",
+        "ORCA_DIST_INIT_ADDR",
+        None,
+        "host:port of the pipeline's rank-0 worker, where its workers meet; {first} and "
+        "{pipeline} in it become that worker's ordinal and the pipeline index",
+    )
+    flag(
+        "--dist-timeout-s",
+        "ORCA_DIST_TIMEOUT_S",
+        str(DEFAULT_TIMEOUT_S),
+        "most seconds a collective or an activation receive may wait",
+        type=float,
+    )
+    flag(
+        "--dist-connect-timeout-s",
+        "ORCA_DIST_CONNECT_TIMEOUT_S",
+        str(DEFAULT_CONNECT_TIMEOUT_S),
+        "most seconds to wait for the pipeline's other workers at startup",
+        type=float,
+    )
     return p
 
 
@@ -76,6 +125,25 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSe
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model (or ORCA_MODEL) is required")
+    try:
+        place = place_of(args.ordinal or 0, args.pp, args.tp)
+        overrides = {
+            name: value
+            for name, value in (
+                ("pipeline", args.pipeline),
+                ("stage", args.stage),
+                ("tp_rank", args.tp_rank),
+            )
+            if value is not None
+        }
+        place = dataclasses.replace(place, **overrides)
+        pp_layers = parse_layer_counts(args.pp_layers) if args.pp_layers else None
+        if pp_layers is not None and len(pp_layers) != args.pp:
+            raise TopologyError(f"--pp-layers has {len(pp_layers)} counts for --pp {args.pp}")
+    except TopologyError as exc:
+        parser.error(str(exc))
+    if place.world_size > 1 and not args.dist_init_addr:
+        parser.error("--dist-init-addr (or ORCA_DIST_INIT_ADDR) is required when tp * pp > 1")
     runner = RunnerConfig(
         model_dir=args.model,
         dtype=args.dtype,
@@ -85,6 +153,8 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSe
         kv_cache_memory_fraction=args.kv_cache_memory_fraction,
         load_format=args.load_format,
         seed=args.seed,
+        place=place,
+        pp_layers=pp_layers,
     )
     return WorkerServiceConfig(
         runner=runner,
@@ -92,4 +162,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSe
         port=args.port,
         log_level=args.log_level.upper(),
         drain_timeout_s=args.drain_timeout_s,
+        dist_init_addr=args.dist_init_addr,
+        dist_timeout_s=args.dist_timeout_s,
+        dist_connect_timeout_s=args.dist_connect_timeout_s,
     )

@@ -131,6 +131,41 @@ class Scheduler:
         return len(self._running)
 
     @property
+    def num_unfinished_tokens(self) -> int:
+        """Prompt plus output tokens of every waiting and running request: the load that
+        placing requests across pipelines balances."""
+        return sum(r.num_tokens for r in self._running) + sum(r.num_tokens for r in self._waiting)
+
+    @property
+    def num_free_blocks(self) -> int:
+        """KV blocks no request owns (evictable cached ones included)."""
+        return self.block_manager.num_free_blocks
+
+    def take_unfinished(self) -> list[Request]:
+        """Remove every unfinished request (waiting, running or in flight) for recompute on
+        another pipeline, when this one is lost: each comes back as a fresh waiting request
+        that keeps its prompt and the output tokens already reported (so it resumes after
+        them), running ones first in admission order, then the waiting queue's order.
+
+        Plans in flight are forgotten (their results will never be applied) and the pool is
+        emptied. The workers' KV is gone with the pipeline, cached prefixes included: drop
+        this scheduler afterwards rather than feed it to a new set of workers.
+        """
+        taken = [r for r in self._running if r.status is RequestStatus.RUNNING]
+        taken += list(self._waiting)
+        for request in list(self._requests.values()):
+            self.block_manager.free(request)
+        for request in taken:
+            request.status = RequestStatus.WAITING
+            request.num_computed_tokens = 0
+        self._requests.clear()
+        self._waiting = WaitingQueue()
+        self._running.clear()
+        self._in_flight.clear()
+        self._in_flight_ids.clear()
+        return taken
+
+    @property
     def num_in_flight(self) -> int:
         """Plans sent whose results have not come back."""
         return len(self._in_flight)

@@ -9,7 +9,7 @@ from torch import nn
 
 from orca_worker.attention import AttentionMetadata
 from orca_worker.config import ModelConfig
-from orca_worker.models.base import CausalLM
+from orca_worker.models.base import Carry, CausalLM
 from orca_worker.models.layers import MLP, Attention, Embedding, LayerNorm
 
 
@@ -44,7 +44,7 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    """Token and position embeddings, blocks, final LayerNorm."""
+    """Token and position embeddings, blocks, final LayerNorm (run by GPT2LMHeadModel)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -53,20 +53,15 @@ class GPT2Model(nn.Module):
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_layers))
         self.ln_f = LayerNorm(config.hidden_size, config.norm_eps)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, hidden]."""
-        x = self.wte(input_ids) + self.wpe(positions)
-        for block in self.h:
-            x = block(positions, x, meta)
-        return self.ln_f(x)
-
 
 class GPT2LMHeadModel(CausalLM):
     """GPT-2 (its LM head is normally tied to the token embeddings)."""
 
     checkpoint_prefix = "transformer."
+    layer_stack = "transformer.h"
+    first_stage_modules = ("transformer.wte", "transformer.wpe")
+    last_stage_modules = ("transformer.ln_f", "lm_head")
+    token_embedding = "transformer.wte"
     checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = (
         ("attn.qkv_proj", "attn.c_attn"),  # already fused on disk
         ("attn.o_proj", "attn.c_proj"),
@@ -86,8 +81,19 @@ class GPT2LMHeadModel(CausalLM):
         self.transformer = GPT2Model(config)
         self.init_lm_head(self.transformer.wte)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, hidden]."""
-        return self.transformer(input_ids, positions, meta)
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> Carry:
+        """Token plus learned position embeddings."""
+        return (self.transformer.wte(input_ids) + self.transformer.wpe(positions),)
+
+    def run_layers(
+        self, carry: Carry, positions: torch.Tensor, meta: AttentionMetadata, layers: range
+    ) -> Carry:
+        """The hidden states through blocks `layers`."""
+        (x,) = carry
+        for i in layers:
+            x = self.transformer.h[i](positions, x, meta)
+        return (x,)
+
+    def finish(self, carry: Carry) -> torch.Tensor:
+        """The final LayerNorm."""
+        return self.transformer.ln_f(carry[0])

@@ -113,8 +113,9 @@ class LayerNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
-    """Inverse frequencies [head_dim / 2] in float32, with linear or Llama 3 scaling."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    """Inverse frequencies [head_dim / 2] in float32, with linear or Llama 3 scaling, computed
+    on the CPU (also when the model is being built on the meta device)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     inv_freq = 1.0 / (rope.theta**exponents)
     if rope.rope_type == "default":
         return inv_freq

@@ -9,7 +9,7 @@ from torch import nn
 
 from orca_worker.attention import AttentionMetadata
 from orca_worker.config import ModelConfig
-from orca_worker.models.base import CausalLM
+from orca_worker.models.base import Carry, CausalLM
 from orca_worker.models.layers import (
     Attention,
     Embedding,
@@ -68,7 +68,7 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Embeddings, decoder layers and the final norm."""
+    """Embeddings, decoder layers and the final norm (run by LlamaForCausalLM)."""
 
     def __init__(self, config: ModelConfig, qkv_bias: bool, out_bias: bool, qk_norm: bool) -> None:
         super().__init__()
@@ -81,16 +81,6 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> normed hidden states [T, hidden]."""
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
-
 
 class LlamaForCausalLM(CausalLM):
     """Llama: RMSNorm, rotary (incl. Llama 3 scaling), GQA, SiLU-gated MLP."""
@@ -99,6 +89,11 @@ class LlamaForCausalLM(CausalLM):
         "qkv_proj": ("q_proj", "k_proj", "v_proj"),
         "gate_up_proj": ("gate_proj", "up_proj"),
     }
+    layer_stack = "model.layers"
+    first_stage_modules = ("model.embed_tokens",)
+    last_stage_modules = ("model.norm", "lm_head")
+    token_embedding = "model.embed_tokens"
+    carried_tensors = 2
     # Per family: whether q/k/v and o carry biases (None: config.json's attention_bias),
     # and whether q and k are RMS-normed per head.
     qkv_bias: ClassVar[bool | None] = None
@@ -112,11 +107,24 @@ class LlamaForCausalLM(CausalLM):
         self.model = LlamaModel(config, qkv_bias, out_bias, self.qk_norm)
         self.init_lm_head(self.model.embed_tokens)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden states [T, hidden]."""
-        return self.model(input_ids, positions, meta)
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> Carry:
+        """Token embeddings; no residual yet (the first layer starts it)."""
+        return self.model.embed_tokens(input_ids), None
+
+    def run_layers(
+        self, carry: Carry, positions: torch.Tensor, meta: AttentionMetadata, layers: range
+    ) -> Carry:
+        """(hidden, residual) through `layers`."""
+        hidden, residual = carry
+        for i in layers:
+            hidden, residual = self.model.layers[i](positions, hidden, residual, meta)
+        return hidden, residual
+
+    def finish(self, carry: Carry) -> torch.Tensor:
+        """The final norm, fused with the last residual add."""
+        hidden, residual = carry
+        hidden, _ = self.model.norm(hidden, residual)
+        return hidden
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -9,7 +9,7 @@ from torch import nn
 
 from orca_worker.attention import AttentionMetadata
 from orca_worker.config import ModelConfig
-from orca_worker.models.base import CausalLM
+from orca_worker.models.base import Carry, CausalLM
 from orca_worker.models.layers import MLP, Attention, Embedding, LayerNorm, Linear
 
 # OPT's position table has two extra rows in front (a fairseq padding-idx legacy).
@@ -50,7 +50,8 @@ class OPTDecoderLayer(nn.Module):
 
 
 class OPTDecoder(nn.Module):
-    """Embeddings (projected in when narrower than hidden), layers, final norm, projection out."""
+    """Embeddings (projected in when narrower than hidden), layers, final norm, projection out
+    (run by OPTForCausalLM)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -63,22 +64,6 @@ class OPTDecoder(nn.Module):
         self.final_layer_norm = (
             LayerNorm(hidden, config.norm_eps, config.norm_affine) if config.final_norm else None
         )
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, word_embed_proj_dim]."""
-        x = self.embed_tokens(input_ids)
-        if self.project_in is not None:
-            x = self.project_in(x)
-        x = x + self.embed_positions(positions + POSITION_OFFSET)
-        for layer in self.layers:
-            x = layer(positions, x, meta)
-        if self.final_layer_norm is not None:
-            x = self.final_layer_norm(x)
-        if self.project_out is not None:
-            x = self.project_out(x)
-        return x
 
 
 class OPTForCausalLM(CausalLM):
@@ -93,6 +78,14 @@ class OPTForCausalLM(CausalLM):
         ("mlp.fc_out", "fc2"),
     )
     checkpoint_prefix = "model."
+    layer_stack = "model.decoder.layers"
+    first_stage_modules = (
+        "model.decoder.embed_tokens",
+        "model.decoder.embed_positions",
+        "model.decoder.project_in",
+    )
+    last_stage_modules = ("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head")
+    token_embedding = "model.decoder.embed_tokens"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -100,8 +93,28 @@ class OPTForCausalLM(CausalLM):
         self.model.decoder = OPTDecoder(config)
         self.init_lm_head(self.model.decoder.embed_tokens)
 
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, word_embed_proj_dim]."""
-        return self.model.decoder(input_ids, positions, meta)
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> Carry:
+        """Token embeddings (projected in when narrower) plus learned positions."""
+        decoder = self.model.decoder
+        x = decoder.embed_tokens(input_ids)
+        if decoder.project_in is not None:
+            x = decoder.project_in(x)
+        return (x + decoder.embed_positions(positions + POSITION_OFFSET),)
+
+    def run_layers(
+        self, carry: Carry, positions: torch.Tensor, meta: AttentionMetadata, layers: range
+    ) -> Carry:
+        """The hidden states through layers `layers`."""
+        (x,) = carry
+        for i in layers:
+            x = self.model.decoder.layers[i](positions, x, meta)
+        return (x,)
+
+    def finish(self, carry: Carry) -> torch.Tensor:
+        """The final norm and the projection out -> [T, word_embed_proj_dim]."""
+        decoder, (x,) = self.model.decoder, carry
+        if decoder.final_layer_norm is not None:
+            x = decoder.final_layer_norm(x)
+        if decoder.project_out is not None:
+            x = decoder.project_out(x)
+        return x
