@@ -338,15 +338,16 @@ def test_pipeline_depth_two_keeps_a_sequence_in_one_plan():
     for i in range(3):
         sched.add_request(make_request(f"r{i}", 3, max_tokens=4, arrival_time=float(i)))
     p1 = sched.schedule()
-    assert sched.schedule() is None  # nothing else to run: everyone is in p1
-    sched.add_request(make_request("late", 3, max_tokens=4, arrival_time=9.0))
     p2 = sched.schedule()
-    assert [s.seq_id for s in p1.steps] == ["r0", "r1", "r2"]
-    assert p2 is not None and [s.seq_id for s in p2.steps] == ["late"]
+    # The three are spread over the two free slots, FCFS.
+    assert [s.seq_id for s in p1.steps] == ["r0", "r1"]
+    assert [s.seq_id for s in p2.steps] == ["r2"]
+    sched.add_request(make_request("late", 3, max_tokens=4, arrival_time=9.0))
     assert sched.schedule() is None  # depth 2 reached
     sched.update(worker.execute(p1))
     p3 = sched.schedule()
-    assert [s.seq_id for s in p3.steps] == ["r0", "r1", "r2"]
+    # r2 is still in flight: never in two plans at once.
+    assert [s.seq_id for s in p3.steps] == ["r0", "r1", "late"]
     assert sched.num_in_flight == 2
 
 
@@ -378,3 +379,17 @@ def test_resumed_request_recomputes_its_outputs():
     assert len(plan.steps[0].token_ids) == 5
     h.run()
     assert h.outputs["a"] == expected
+
+
+def test_pipeline_depth_spreads_requests_over_the_plans_in_flight():
+    """pp=2: requests that arrive together fill two plans, so both stages get a batch."""
+    scheduler = Scheduler(
+        SchedulerConfig(num_kv_blocks=64, max_model_len=256, block_size=4, pipeline_depth=2),
+        eos_token_ids=[],
+    )
+    for i in range(6):
+        scheduler.add_request(make_request(f"r{i}", 5, max_tokens=4))
+    first, second = scheduler.schedule(), scheduler.schedule()
+    assert len(first.steps) == 3 and len(second.steps) == 3
+    assert {s.seq_id for s in first.steps}.isdisjoint(s.seq_id for s in second.steps)
+    assert scheduler.schedule() is None

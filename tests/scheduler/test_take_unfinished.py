@@ -66,7 +66,7 @@ def test_take_unfinished_orders_running_first_then_the_waiting_queue():
 
 
 def test_load_figures_count_unfinished_tokens_and_free_blocks():
-    sched = Scheduler(config(num_kv_blocks=10))
+    sched = Scheduler(config(num_kv_blocks=10, pipeline_depth=1))
     assert (sched.num_unfinished_tokens, sched.num_free_blocks) == (0, 10)
     sched.add_request(make_request("a", 6, 4))
     sched.add_request(make_request("b", 3, 4))

@@ -186,12 +186,13 @@ class Scheduler:
         if len(self._in_flight) >= self.config.pipeline_depth:
             return None
         budget = self.config.max_num_batched_tokens
+        seq_cap = self._plan_seq_cap()
         batch: list[ScheduledStep] = []
         preemptions_before = self.num_preemptions
         short_of_blocks = False
 
         for request in list(self._running):
-            if budget == 0:
+            if budget == 0 or len(batch) >= seq_cap:
                 break
             if request.status is not RequestStatus.RUNNING or self._is_in_flight(request):
                 continue  # preempted earlier in this loop, or busy in another plan
@@ -208,6 +209,7 @@ class Scheduler:
         while (
             not short_of_blocks
             and budget > 0
+            and len(batch) < seq_cap
             and self._waiting
             and len(self._running) < self.config.max_num_seqs
         ):
@@ -224,6 +226,19 @@ class Scheduler:
         self._in_flight.append(_InFlightPlan(plan.step_id, batch))
         self._in_flight_ids.update(s.request.request_id for s in batch)
         return plan
+
+    def _plan_seq_cap(self) -> int:
+        """Most sequences this plan may take. With pp plans in flight (the paper's scheme) the
+        schedulable requests are spread over the free slots, so that every stage gets a batch
+        instead of one plan taking everything and the other slots staying empty."""
+        depth = self.config.pipeline_depth
+        if depth == 1:
+            return self.config.max_num_seqs
+        free_slots = depth - len(self._in_flight)
+        schedulable = len(self._waiting) + sum(
+            1 for r in self._running if not self._is_in_flight(r)
+        )
+        return max(1, min(cdiv(self.config.max_num_seqs, depth), cdiv(schedulable, free_slots)))
 
     def _allocate_or_preempt(self, request: Request, num_tokens: int) -> bool:
         """Give a running request blocks for `num_tokens` more tokens, preempting the newest
