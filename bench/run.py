@@ -122,7 +122,9 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     )
     st.add_argument("--tp", type=int, default=1, help="stack: tensor-parallel ranks per stage")
     st.add_argument("--pp", type=int, default=1, help="stack: pipeline stages per pipeline")
-    st.add_argument("--pipelines", type=int, default=1, help="stack: pipelines (GPUs = pipelines*pp*tp)")
+    st.add_argument(
+        "--pipelines", type=int, default=1, help="stack: pipelines (GPUs = pipelines*pp*tp)"
+    )
     st.add_argument(
         "--stack-ready-timeout", type=float, default=300, help="seconds for the stack to be ready"
     )

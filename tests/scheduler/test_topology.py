@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from orca_proto.topology import Topology, WorkerPosition
 from orca_scheduler.placement import PipelineLoad, Placement
-from orca_scheduler.topology import Topology, WorkerPosition
 
 
 def test_ordinals_map_to_pipeline_stage_rank_and_back():

@@ -9,9 +9,9 @@ import asyncio
 import pytest
 from standin_worker import next_token, start_pipelines
 
+from orca_proto.topology import Topology
 from orca_proto.v1 import worker_pb2 as pb
 from orca_scheduler.pipeline_executor import PipelineBrokenError, PipelineExecutor
-from orca_scheduler.topology import Topology
 
 TOPOLOGY = Topology(pp=2, tp=2)
 

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from orca_scheduler.topology import Topology
+from orca_proto.topology import Topology
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from orca_proto.topology import Topology
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.grpc_executor import WorkerStream, WorkerUnavailableError
-from orca_scheduler.topology import Topology
 
 log = logging.getLogger(__name__)
 

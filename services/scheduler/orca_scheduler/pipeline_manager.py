@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orca_proto.topology import Topology
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.discovery.base import Discovery, ReadyWorkers
 from orca_scheduler.grpc_executor import WorkerUnavailableError
 from orca_scheduler.pipeline_executor import PipelineExecutor
-from orca_scheduler.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from orca_proto.redis_streams import LoadReport
+from orca_proto.topology import Topology
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.config import SchedulerServiceConfig
 from orca_scheduler.control import ControlReader
@@ -36,7 +37,6 @@ from orca_scheduler.publisher import Publisher
 from orca_scheduler.recovery import Recovery
 from orca_scheduler.redis_writer import RedisWriter
 from orca_scheduler.request_intake import RequestIntake, ensure_group
-from orca_scheduler.topology import Topology
 
 log = logging.getLogger(__name__)
 

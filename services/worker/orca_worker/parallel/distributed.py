@@ -125,7 +125,8 @@ def init_parallel(
     if cuda:
         # NVLink multicast (NVLS) stays off: it reserves memory and has hung on some hosts.
         os.environ["NCCL_NVLS_ENABLE"] = "0"
-        torch.cuda.set_device(device)
+        # Each worker sees its own GPU(s): a bare "cuda" means the first visible one.
+        torch.cuda.set_device(device.index if device.index is not None else 0)
     log.info(
         "dist_init pipeline=%d rank=%d world=%d store=%s:%d backend=%s",
         place.pipeline,

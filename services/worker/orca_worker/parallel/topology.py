@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orca_proto.topology import Topology
+
 
 class TopologyError(ValueError):
     """A topology or layer split that cannot be built (bad sizes, ranks or layer counts)."""
@@ -81,23 +83,16 @@ class WorkerPlace:
 
 def place_of(ordinal: int, pp_size: int, tp_size: int) -> WorkerPlace:
     """The place of worker `ordinal` in a fleet of pp x tp pipelines."""
-    if ordinal < 0:
-        raise TopologyError(f"ordinal must be >= 0, got {ordinal}")
-    if pp_size < 1 or tp_size < 1:
-        raise TopologyError(f"pp and tp must be >= 1, got pp={pp_size} tp={tp_size}")
-    return WorkerPlace(
-        pipeline=ordinal // (pp_size * tp_size),
-        stage=(ordinal // tp_size) % pp_size,
-        tp_rank=ordinal % tp_size,
-        pp_size=pp_size,
-        tp_size=tp_size,
-    )
+    try:
+        position = Topology(pp=pp_size, tp=tp_size).position(ordinal)
+    except ValueError as exc:
+        raise TopologyError(str(exc)) from exc
+    return WorkerPlace(position.pipeline, position.stage, position.tp_rank, pp_size, tp_size)
 
 
 def pipeline_ordinals(pipeline: int, pp_size: int, tp_size: int) -> range:
     """Ordinals of the workers of `pipeline`, in process-group rank order."""
-    size = pp_size * tp_size
-    return range(pipeline * size, (pipeline + 1) * size)
+    return Topology(pp=pp_size, tp=tp_size).members(pipeline)
 
 
 def parse_layer_counts(text: str) -> tuple[int, ...]:

@@ -3,7 +3,8 @@
 
 Ordinal i is pipeline i // (pp·tp), stage (i // tp) % pp, rank i % tp: a pipeline's workers
 are consecutive ordinals, so scaling the workers by pp·tp adds or removes whole pipelines.
-Pure: no I/O.
+Shared by the scheduler (which pipelines are complete) and the workers (where each one
+sits). Pure: no I/O.
 """
 
 from __future__ import annotations
