@@ -94,8 +94,10 @@ class LoadReport:
     num_running: int = 0
     # Fraction of KV blocks in use, 0..1.
     kv_usage: float = 0.0
-    # Pipelines connected and serving.
+    # Pipelines connected and serving, and their shape: pp stages of tp ranks each.
     num_pipelines: int = 0
+    pp: int = 1
+    tp: int = 1
     # Unix seconds of this report; a stale report means no live scheduler.
     updated_at_unix: float = 0.0
 

@@ -92,6 +92,10 @@ def test_parallel_stack_equals_single_process(
     with LocalStack(config) as stack:
         models = httpx.get(stack.base_url + "/models", timeout=10).json()
         assert models["data"][0]["id"] == path.name
+        assert models["data"][0]["topology"] == {"pipelines": pipelines, "pp": pp, "tp": tp}
+        metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+        assert f"orca_pipeline_parallel_size {float(pp)}" in metrics
+        assert f"orca_tensor_parallel_size {float(tp)}" in metrics
         replies = asyncio.run(_complete_all(stack.base_url, path.name, prompts))
         scheduler_log = (stack.log_dir / "scheduler.log").read_text()
     for reply, text in zip(replies, texts, strict=True):

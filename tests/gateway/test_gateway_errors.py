@@ -8,7 +8,7 @@ import grpc
 import httpx
 import openai
 import pytest
-from conftest import MODEL_NAME, gateway_config, running_gateway
+from gateway_harness import MODEL_NAME, gateway_config, running_gateway
 
 from orca_proto.v1 import generate_pb2, generate_pb2_grpc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import MODEL_NAME
+from gateway_harness import MODEL_NAME
 
 from orca_proto.v1 import generate_pb2, generate_pb2_grpc, stream_pb2
 

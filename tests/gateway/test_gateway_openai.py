@@ -7,7 +7,7 @@ import time
 
 import openai
 import pytest
-from conftest import MODEL_NAME
+from gateway_harness import MODEL_NAME
 
 from orca_proto.v1 import stream_pb2
 

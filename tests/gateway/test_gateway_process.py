@@ -10,7 +10,7 @@ import sys
 import threading
 
 import httpx
-from conftest import MODEL_NAME
+from gateway_harness import MODEL_NAME
 
 from orca.embedded_redis import free_port
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from conftest import MODEL_NAME, gateway_config, running_gateway
+from gateway_harness import MODEL_NAME, gateway_config, running_gateway
 from gateway_standin import StandinScheduler
 
 from orca.embedded_redis import EmbeddedRedis, free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import httpx
-from conftest import MODEL_NAME
+from gateway_harness import MODEL_NAME
 
 
 def _root(gateway) -> str:

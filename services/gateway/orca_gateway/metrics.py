@@ -77,6 +77,14 @@ class GatewayMetrics:
         self.num_pipelines = Gauge(
             "orca_num_pipelines", "Pipelines serving (from orca:load).", registry=r
         )
+        self.pipeline_parallel_size = Gauge(
+            "orca_pipeline_parallel_size", "Stages per pipeline (from orca:load).", registry=r
+        )
+        self.tensor_parallel_size = Gauge(
+            "orca_tensor_parallel_size",
+            "Tensor-parallel ranks per stage (from orca:load).",
+            registry=r,
+        )
 
     def set_load(self, report: LoadReport | None) -> None:
         """Copy the scheduler's gauges from a load report (zeros when there is none)."""
@@ -85,6 +93,8 @@ class GatewayMetrics:
         self.num_requests_waiting.set(report.num_waiting)
         self.kv_cache_usage_perc.set(report.kv_usage)
         self.num_pipelines.set(report.num_pipelines)
+        self.pipeline_parallel_size.set(report.pp)
+        self.tensor_parallel_size.set(report.tp)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -17,6 +17,7 @@ from orca_gateway.output_reader import OutputReader
 from orca_gateway.params import GenerationParams
 from orca_gateway.submit import Submitter
 from orca_gateway.tokenizer import Tokenizer
+from orca_proto.redis_streams import LoadReport
 from orca_proto.v1 import stream_pb2
 
 # Seconds a plain Redis command may take before the request fails with 503.
@@ -76,12 +77,16 @@ class GatewayService:
         if requested and requested != self.model_name:
             raise ModelNotFound(requested, self.model_name)
 
-    async def max_model_len(self) -> int:
-        """The context length the scheduler reports, else the model config's."""
+    async def load_report(self) -> LoadReport | None:
+        """The scheduler's latest load report, or None (also while Redis is down)."""
         try:
-            report = await self.loads.read()
+            return await self.loads.read()
         except Exception:  # /v1/models must answer even while Redis is down
-            report = None
+            return None
+
+    async def max_model_len(self, report: LoadReport | None = None) -> int:
+        """The context length the scheduler reports, else the model config's."""
+        report = report or await self.load_report()
         if report is not None and report.max_model_len > 0:
             return report.max_model_len
         return self.tokenizer.max_position_embeddings

@@ -45,8 +45,9 @@ async def metrics(request: Request) -> Response:
 
 @models_router.get("/v1/models")
 async def list_models(request: Request) -> dict:
-    """The served model, OpenAI's list shape."""
+    """The served model, OpenAI's list shape, with its context length and topology."""
     service: GatewayService = request.app.state.service
+    report = await service.load_report()
     return {
         "object": "list",
         "data": [
@@ -56,7 +57,12 @@ async def list_models(request: Request) -> dict:
                 "created": int(time.time()),
                 "owned_by": "orca",
                 "root": service.config.model,
-                "max_model_len": await service.max_model_len(),
+                "max_model_len": await service.max_model_len(report),
+                "topology": {
+                    "pipelines": report.num_pipelines if report else 0,
+                    "pp": report.pp if report else 1,
+                    "tp": report.tp if report else 1,
+                },
             }
         ],
     }

@@ -261,6 +261,8 @@ class SchedulerService:
             kv_usage=loop.kv_usage,
             # Connected ones (the loop serves each from its next turn on).
             num_pipelines=self.pipelines.num_connected if serving else 0,
+            pp=self.topology.pp,
+            tp=self.topology.tp,
         )
 
     async def _wait_for_redis(self, timeout_s: float) -> None:
