@@ -110,9 +110,9 @@ for part in "${PARTS[@]}"; do
     stack1b) stack 200 llama1b ;;
     stacktiny) stack 120 tiny ;;
     # Several GPUs (nvidia-h100-x2): the same trace through the stack on 2 GPUs, each split.
-    tp2) stack 150 llama8b _tp2 --tp 2 ;;
-    pp2) stack 150 llama8b _pp2 --pp 2 ;;
-    pipelines2) stack 150 llama8b _pipelines2 --pipelines 2 ;;
+    tp2) stack 150 llama8b _tp2 --tp 2 --stack-ready-timeout 90 ;;
+    pp2) stack 150 llama8b _pp2 --pp 2 --stack-ready-timeout 90 ;;
+    pipelines2) stack 150 llama8b _pipelines2 --pipelines 2 --stack-ready-timeout 90 ;;
     *) echo "unknown part: $part" | tee -a "$LOG" ;;
   esac
 done
