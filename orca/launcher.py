@@ -200,8 +200,10 @@ class LocalStack:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
+        tails = "\n".join(f"--- {c.name}:\n{c.log_tail()[-800:]}" for c in self._children)
         raise LaunchError(
-            f"the stack was not ready after {self.config.ready_timeout_s:.0f}s; logs in {self._log_dir}"
+            f"the stack was not ready after {self.config.ready_timeout_s:.0f}s; "
+            f"logs in {self._log_dir}\n{tails}"
         )
 
     def pids(self) -> list[int]:

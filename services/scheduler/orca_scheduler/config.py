@@ -95,7 +95,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "ORCA_WORKERS",
         "127.0.0.1:50051",
         "static discovery: comma-separated host:port of every worker in ordinal order; "
-        "worker i is pipeline i // (pp*tp), stage (i // tp) % pp, rank i % tp",
+        "worker i is pipeline i // (pp*tp), stage (i // tp) %% pp, rank i %% tp",
     )
     flag(
         "--pipelines",

@@ -145,7 +145,9 @@ class ModelRunner:
     def enter_step_thread(self) -> None:
         """Call once on the thread that will run `execute` (binds its CUDA device)."""
         if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+            # A bare "cuda" (one GPU made visible per worker) means the first visible GPU;
+            # set_device needs an index.
+            torch.cuda.set_device(self.device.index if self.device.index is not None else 0)
 
     @torch.inference_mode()
     def execute(
