@@ -1,0 +1,81 @@
+"""SiLU·mul and bias + GeLU kernels against their torch references."""
+
+# TRITON_INTERPRET must be set before triton is first imported (triton reads it when the
+# kernels are decorated): the kernels then run in its CPU interpreter. Hence code before imports.
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+import torch.nn.functional as F  # noqa: E402
+
+from orca_kernels.activations import bias_gelu, bias_gelu_ref, silu_mul, silu_mul_ref  # noqa: E402
+
+# The interpreter truncates float32 -> bfloat16 (torch rounds), so bf16 may differ by ~2 ulp.
+TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+DTYPES = list(TOL)
+
+
+@pytest.fixture(autouse=True)
+def force_triton(monkeypatch):
+    """Route the public functions to the Triton kernels (interpreted) on the CPU."""
+    monkeypatch.setenv("ORCA_KERNELS_FORCE_TRITON", "1")
+
+
+def close(actual, expected, dtype):
+    assert actual.dtype == expected.dtype == dtype
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.float(), expected.float(), **TOL[dtype])
+
+
+SHAPES = [(1, 7), (5, 100), (9, 257), (2, 3, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_silu_mul(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape[:-1], 2 * shape[-1], generator=g).to(dtype)
+    out = silu_mul(x)
+    assert out.shape == shape
+    close(out, silu_mul_ref(x), dtype)
+
+
+def test_silu_mul_large_intermediate_spans_column_blocks():
+    x = torch.randn(3, 2 * 1500, generator=torch.Generator().manual_seed(1))
+    close(silu_mul(x), silu_mul_ref(x), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_gelu(shape, dtype, approximate, with_bias):
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    b = torch.randn(shape[-1], generator=g).to(dtype) if with_bias else None
+    close(bias_gelu(x, b, approximate), bias_gelu_ref(x, b, approximate), dtype)
+
+
+def test_references_match_torch():
+    g = torch.Generator().manual_seed(3)
+    x, b = torch.randn(4, 20, generator=g), torch.randn(10, generator=g)
+    torch.testing.assert_close(silu_mul_ref(x), F.silu(x[:, :10]) * x[:, 10:])
+    torch.testing.assert_close(
+        bias_gelu_ref(x[:, :10], b, "tanh"), F.gelu(x[:, :10] + b, approximate="tanh")
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        bias_gelu(torch.zeros(2, 4), None, "quick")
+    with pytest.raises(ValueError):
+        silu_mul(torch.zeros(2, 5))

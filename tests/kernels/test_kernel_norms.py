@@ -1,0 +1,96 @@
+"""Fused add + RMSNorm and LayerNorm kernels against their torch references."""
+
+# TRITON_INTERPRET must be set before triton is first imported (triton reads it when the
+# kernels are decorated): the kernels then run in its CPU interpreter. Hence code before imports.
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from orca_kernels.dispatch import use_triton  # noqa: E402
+from orca_kernels.norms import add_rms_norm, add_rms_norm_ref, layer_norm, layer_norm_ref  # noqa: E402
+
+# The interpreter truncates float32 -> bfloat16 (torch rounds), so bf16 may differ by ~2 ulp.
+TOL = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+DTYPES = list(TOL)
+
+
+@pytest.fixture(autouse=True)
+def force_triton(monkeypatch):
+    """Route the public functions to the Triton kernels (interpreted) on the CPU."""
+    monkeypatch.setenv("ORCA_KERNELS_FORCE_TRITON", "1")
+
+
+def close(actual, expected, dtype):
+    assert actual.dtype == expected.dtype == dtype
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.float(), expected.float(), **TOL[dtype])
+
+
+SHAPES = [(1, 7), (5, 100), (13, 257), (2, 3, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm(shape, dtype, with_residual):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(dtype)
+    res = torch.randn(shape, generator=g).to(dtype) if with_residual else None
+    w = torch.randn(shape[-1], generator=g).to(dtype)
+    assert use_triton(x)
+    out, new_res = add_rms_norm(x, res, w, 1e-6)
+    ref_out, ref_res = add_rms_norm_ref(x, res, w, 1e-6)
+    close(out, ref_out, dtype)
+    close(new_res, ref_res, dtype)
+    if not with_residual:
+        assert new_res is x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(shape, dtype, with_residual, affine):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(dtype)
+    res = torch.randn(shape, generator=g).to(dtype) if with_residual else None
+    w = torch.randn(shape[-1], generator=g).to(dtype) if affine else None
+    b = torch.randn(shape[-1], generator=g).to(dtype) if affine else None
+    out, new_res = layer_norm(x, res, w, b, 1e-5)
+    ref_out, ref_res = layer_norm_ref(x, res, w, b, 1e-5)
+    close(out, ref_out, dtype)
+    close(new_res, ref_res, dtype)
+
+
+def test_non_contiguous_rows_and_float32_weight():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 2 * 33, generator=g, dtype=torch.float16)[:, :33]  # row stride 66
+    w = torch.randn(33, generator=g)
+    out, _ = add_rms_norm(x, None, w, 1e-6)
+    close(out, add_rms_norm_ref(x, None, w, 1e-6)[0], torch.float16)
+
+
+def test_references_match_plain_formulas():
+    g = torch.Generator().manual_seed(3)
+    x, r = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    w, b = torch.randn(10, generator=g), torch.randn(10, generator=g)
+    h = x + r
+    rms = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    torch.testing.assert_close(add_rms_norm_ref(x, r, w, 1e-6)[0], rms)
+    mean, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+    ln = (h - mean) / torch.sqrt(var + 1e-5) * w + b
+    torch.testing.assert_close(layer_norm_ref(x, r, w, b, 1e-5)[0], ln)
+
+
+def test_cpu_uses_reference_without_force(monkeypatch):
+    monkeypatch.delenv("ORCA_KERNELS_FORCE_TRITON")
+    assert not use_triton(torch.zeros(1))
