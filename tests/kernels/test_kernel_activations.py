@@ -1,40 +1,14 @@
 """SiLU·mul and bias + GeLU kernels against their torch references."""
 
-# TRITON_INTERPRET must be set before triton is first imported (triton reads it when the
-# kernels are decorated): the kernels then run in its CPU interpreter. Hence code before imports.
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
+from kernel_testing import DTYPES, close
 
-from orca_kernels.activations import bias_gelu, bias_gelu_ref, silu_mul, silu_mul_ref  # noqa: E402
-
-# The interpreter truncates float32 -> bfloat16 (torch rounds), so bf16 may differ by ~2 ulp.
-TOL = {
-    torch.float32: dict(atol=1e-5, rtol=1e-5),
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
-}
-DTYPES = list(TOL)
-
-
-@pytest.fixture(autouse=True)
-def force_triton(monkeypatch):
-    """Route the public functions to the Triton kernels (interpreted) on the CPU."""
-    monkeypatch.setenv("ORCA_KERNELS_FORCE_TRITON", "1")
-
-
-def close(actual, expected, dtype):
-    assert actual.dtype == expected.dtype == dtype
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual.float(), expected.float(), **TOL[dtype])
-
+from orca_kernels.activations import bias_gelu, bias_gelu_ref, silu_mul, silu_mul_ref
 
 SHAPES = [(1, 7), (5, 100), (9, 257), (2, 3, 64)]
 

@@ -1,17 +1,11 @@
 """When the public kernel functions pick Triton over the torch reference."""
 
-# TRITON_INTERPRET must be set before triton is first imported (triton reads it when the
-# kernels are decorated): the kernels then run in its CPU interpreter. Hence code before imports.
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from orca_kernels.dispatch import use_triton  # noqa: E402
+from orca_kernels.dispatch import use_triton
 
 
 def test_cpu_default_is_reference(monkeypatch):

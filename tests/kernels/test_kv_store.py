@@ -1,17 +1,11 @@
 """The Triton KV store against its torch reference, on the CPU."""
 
-import os
-
-# Must be set before triton is imported: it makes Triton run kernels in its CPU interpreter,
-# since CI has no GPU.
-os.environ["TRITON_INTERPRET"] = "1"
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from orca_kernels.kv_store import store_kv, store_kv_ref  # noqa: E402
+from orca_kernels.kv_store import store_kv, store_kv_ref
 
 
 @pytest.mark.parametrize("block_size", [4, 16])

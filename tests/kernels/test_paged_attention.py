@@ -1,19 +1,14 @@
 """Paged decode and prefill attention kernels against their torch references, on the CPU."""
 
 import math
-import os
-
-# Must be set before triton is imported: it makes Triton run kernels in its CPU interpreter,
-# since CI has no GPU.
-os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from orca_kernels.kv_store import store_kv_ref  # noqa: E402
-from orca_kernels.paged_attention import (  # noqa: E402
+from orca_kernels.kv_store import store_kv_ref
+from orca_kernels.paged_attention import (
     paged_decode_attention,
     paged_decode_attention_ref,
     paged_prefill_attention,
