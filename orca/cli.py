@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="random: random weights from config.json alone (benchmarks)",
     )
     serve.add_argument(
+        "--kernels",
+        choices=["torch", "triton"],
+        default="torch",
+        help="workers' attention: torch, or triton (orca_kernels on CUDA) (default torch)",
+    )
+    serve.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"
     )
     serve.add_argument("--pp", type=int, default=1, help="pipeline stages per pipeline (default 1)")
@@ -128,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     names = [
         "model", "host", "port", "grpc_port", "device", "dtype", "redis_url", "max_num_seqs",
         "max_num_batched_tokens", "kv_policy", "api_key", "served_model_name", "block_size",
-        "num_kv_blocks", "load_format", "log_dir", "tp", "pp", "pipelines",
+        "num_kv_blocks", "load_format", "kernels", "log_dir", "tp", "pp", "pipelines",
     ]  # fmt: skip
     return serve(ServeConfig(**{name: getattr(args, name) for name in names}))
 

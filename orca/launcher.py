@@ -47,6 +47,8 @@ class ServeConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None
     load_format: str = "safetensors"
+    # The workers' attention kernels: "torch" or "triton".
+    kernels: str = "torch"
     tp: int = 1
     pp: int = 1
     pipelines: int = 1
@@ -142,7 +144,7 @@ class LocalStack:
         cfg = self.config
         args = ["--model", cfg.model, "--host", "127.0.0.1", "--port", str(port),
                 "--device", cfg.device, "--dtype", cfg.dtype, "--block-size", str(cfg.block_size),
-                "--load-format", cfg.load_format]  # fmt: skip
+                "--load-format", cfg.load_format, "--kernels", cfg.kernels]  # fmt: skip
         if cfg.num_kv_blocks is not None:
             args += ["--num-kv-blocks", str(cfg.num_kv_blocks)]
         return args + cfg.extra_worker_args

@@ -58,6 +58,7 @@ class LLM:
         kv_cache_memory_fraction: float = 0.9,
         load_format: str = "safetensors",
         seed: int = 0,
+        kernels: str = "torch",
     ) -> None:
         self.model_dir = Path(model)
         self.executor: Executor = InProcessExecutor(
@@ -70,6 +71,7 @@ class LLM:
                 kv_cache_memory_fraction=kv_cache_memory_fraction,
                 load_format=load_format,
                 seed=seed,
+                kernels=kernels,
             )
         )
         info = self.executor.info()

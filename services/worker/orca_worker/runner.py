@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from orca_proto.v1 import worker_pb2
-from orca_worker.attention import TorchAttentionBackend
+from orca_worker.attention import AttentionBackend, TorchAttentionBackend
 from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit, prepare_batch
 from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
 from orca_worker.errors import InvalidPlanError, ModelLoadError
@@ -22,6 +22,9 @@ from orca_worker.sampler import Sampler, SamplerOutput
 from orca_worker.timing import StepTimer
 
 log = logging.getLogger(__name__)
+
+# The RunnerConfig.kernels choices.
+KERNELS = ("torch", "triton")
 
 
 @dataclass
@@ -47,6 +50,9 @@ class RunnerConfig:
     place: WorkerPlace = field(default_factory=WorkerPlace)
     # Layers per pipeline stage (first stage first); None splits them evenly.
     pp_layers: tuple[int, ...] | None = None
+    # Attention kernels: "torch" (the reference backend) or "triton" (orca_kernels; opt in,
+    # sliding-window layers still use torch).
+    kernels: str = "torch"
 
 
 class ModelRunner:
@@ -91,7 +97,7 @@ class ModelRunner:
         self.kv_pool = KVCachePool(
             len(attn), num_blocks, config.block_size, num_kv_heads, head_dim, dtype, self.device
         )
-        bind_kv_cache(self.model, self.kv_pool, TorchAttentionBackend())
+        bind_kv_cache(self.model, self.kv_pool, _attention_backend(config.kernels))
         self.distributed = comm is not None
         # Set once the pipeline cannot run another plan (see PipelineBrokenError).
         self.broken: str | None = None
@@ -242,6 +248,8 @@ def _check_runner_config(config: RunnerConfig, comm: ParallelComm | None) -> Non
         raise ModelLoadError("tp or pp > 1 needs the pipeline's process group (comm)")
     if comm is not None and comm.place != config.place:
         raise ModelLoadError(f"comm is for {comm.place}, the runner for {config.place}")
+    if config.kernels not in KERNELS:
+        raise ModelLoadError(f"unknown kernels {config.kernels!r}; expected one of {KERNELS}")
     if config.block_size < 1:
         raise ModelLoadError(f"block_size must be positive, got {config.block_size}")
     if config.num_kv_blocks is not None and config.num_kv_blocks < 1:
@@ -250,6 +258,15 @@ def _check_runner_config(config: RunnerConfig, comm: ParallelComm | None) -> Non
         raise ModelLoadError(
             f"kv_cache_memory_fraction must be in (0, 1], got {config.kv_cache_memory_fraction}"
         )
+
+
+def _attention_backend(kernels: str) -> AttentionBackend:
+    """The attention backend the `kernels` setting names."""
+    if kernels == "triton":
+        from orca_worker.triton_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    return TorchAttentionBackend()
 
 
 def _resolve_dtype(requested: str, config_dtype: str | None) -> str:

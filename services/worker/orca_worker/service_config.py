@@ -67,6 +67,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float,
     )
     flag("--load-format", "ORCA_LOAD_FORMAT", "safetensors", "safetensors, or random weights")
+    flag(
+        "--kernels",
+        "ORCA_KERNELS",
+        "torch",
+        "attention: torch, or triton (orca_kernels on CUDA; CPU and sliding windows use torch)",
+        choices=["torch", "triton"],
+    )
     flag("--seed", "ORCA_SEED", "0", "seed of random weights and unseeded sampling", type=int)
     flag(
         "--drain-timeout-s",
@@ -153,6 +160,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSe
         kv_cache_memory_fraction=args.kv_cache_memory_fraction,
         load_format=args.load_format,
         seed=args.seed,
+        kernels=args.kernels,
         place=place,
         pp_layers=pp_layers,
     )

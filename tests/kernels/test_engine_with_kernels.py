@@ -1,0 +1,90 @@
+"""orca.LLM with kernels="triton" against transformers: the Triton attention backend (run in
+Triton's CPU interpreter, see conftest.py) must give HF's greedy tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import hf_greedy, make_tiny_checkpoint, random_prompts
+from transformers import AutoModelForCausalLM
+
+import orca_worker.triton_attention as triton_attention
+from orca import LLM, SamplingParams
+from orca_worker.errors import ModelLoadError
+from orca_worker.runner import ModelRunner, RunnerConfig
+
+MAX_NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(path, HF model) of the tiny random llama checkpoint."""
+    path = make_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return path, model
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the backend's Triton attention launches (so a silent fallback fails the test)."""
+    calls = []
+    real = triton_attention.paged_prefill_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_attention, "paged_prefill_attention", counted)
+    return calls
+
+
+def _assert_matches_hf(model, prompts, outputs):
+    for prompt, out in zip(prompts, outputs, strict=True):
+        hf_tokens, _ = hf_greedy(model, prompt, MAX_NEW_TOKENS)
+        assert out.token_ids == hf_tokens, f"prompt len {len(prompt)}"
+
+
+@pytest.mark.parametrize(
+    "regime", [{}, {"max_num_batched_tokens": 8}], ids=["default", "chunked_prefill"]
+)
+def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
+    path, model = llama
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", **regime)
+    prompts = random_prompts((5, 17, 1, 9), model.config.vocab_size)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    _assert_matches_hf(model, prompts, outputs)
+    assert kernel_calls, "the Triton backend never ran"
+
+
+def test_triton_prefix_cache_hit(llama, kernel_calls):
+    path, model = llama
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", block_size=4)
+    shared = random_prompts((12,), model.config.vocab_size, seed=1)[0]
+    tails = random_prompts((3, 1), model.config.vocab_size, seed=2)
+    prompts = [shared + tail for tail in tails]
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    first = llm.generate(prompt_token_ids=prompts[:1], sampling_params=params)
+    hits_before = llm.scheduler.block_manager.num_cache_hits
+    rest = llm.generate(prompt_token_ids=prompts[1:], sampling_params=params)
+    assert llm.scheduler.block_manager.num_cache_hits > hits_before
+    _assert_matches_hf(model, prompts, first + rest)
+    assert kernel_calls
+
+
+def test_unknown_kernels_rejected(llama):
+    path, _ = llama
+    with pytest.raises(ModelLoadError, match="kernels"):
+        ModelRunner(RunnerConfig(model_dir=str(path), kernels="cuda"))
+
+
+def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
+    """The kernels have no window: a windowed model runs the torch backend and stays exact."""
+    path = make_tiny_checkpoint("mistral", tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = LLM(model=str(path), dtype="float32", kernels="triton")
+    prompts = random_prompts((30, 7), model.config.vocab_size)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    _assert_matches_hf(model, prompts, outputs)
+    assert not kernel_calls
