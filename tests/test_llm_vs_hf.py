@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, hf_greedy, make_tiny_checkpoint, random_prompts
+from tiny_models import ARCHITECTURES, assert_matches_hf, make_tiny_checkpoint, random_prompts
 from transformers import AutoModelForCausalLM
 
 from orca import LLM, SamplingParams
@@ -37,20 +37,6 @@ def checkpoint(request, tmp_path_factory):
     return request.param, path, model
 
 
-def _assert_matches_hf(model, prompts, outputs):
-    for prompt, out in zip(prompts, outputs, strict=True):
-        hf_tokens, hf_logprobs = hf_greedy(model, prompt, MAX_NEW_TOKENS)
-        assert out.token_ids == hf_tokens, f"prompt len {len(prompt)}"
-        assert out.finish_reason == "length"
-        if out.logprobs is not None:
-            for token, ours, theirs in zip(out.token_ids, out.logprobs, hf_logprobs, strict=True):
-                assert ours[token] == pytest.approx(theirs[token].item(), abs=1e-3)
-                top = torch.topk(theirs, 3).indices.tolist()
-                assert set(top) <= set(ours), "top-3 alternatives missing"
-                for alt in top:
-                    assert ours[alt] == pytest.approx(theirs[alt].item(), abs=1e-3)
-
-
 @pytest.mark.parametrize("regime", list(REGIMES))
 def test_greedy_equals_transformers(checkpoint, regime):
     _, path, model = checkpoint
@@ -58,7 +44,7 @@ def test_greedy_equals_transformers(checkpoint, regime):
     prompts = random_prompts(PROMPT_LENGTHS, model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=3)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
-    _assert_matches_hf(model, prompts, outputs)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
     if regime == "preemption":
         assert llm.scheduler.num_preemptions > 0, "the regime was meant to force preemption"
     assert llm.scheduler.block_manager.num_free_blocks == llm.scheduler.config.num_kv_blocks
@@ -76,4 +62,4 @@ def test_prefix_cache_hits_stay_exact(checkpoint):
     hits_before = llm.scheduler.block_manager.num_cache_hits
     rest = llm.generate(prompt_token_ids=prompts[1:], sampling_params=params)
     assert llm.scheduler.block_manager.num_cache_hits > hits_before
-    _assert_matches_hf(model, prompts, first + rest)
+    assert_matches_hf(model, prompts, first + rest, MAX_NEW_TOKENS)

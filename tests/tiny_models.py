@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -226,3 +227,19 @@ def random_prompts(lengths: tuple[int, ...], vocab_size: int, seed: int = 0) -> 
     """Seeded random prompts of the given lengths (ids >= 3: clear of special tokens)."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
+def assert_matches_hf(model, prompts, outputs, max_new_tokens: int) -> None:
+    """Each engine output equals HF's greedy tokens (all `max_new_tokens`, finish "length");
+    where the output carries logprobs, they and HF's top-3 match within 1e-3."""
+    for prompt, out in zip(prompts, outputs, strict=True):
+        hf_tokens, hf_logprobs = hf_greedy(model, prompt, max_new_tokens)
+        assert out.token_ids == hf_tokens, f"prompt len {len(prompt)}"
+        assert out.finish_reason == "length"
+        if out.logprobs is not None:
+            for token, ours, theirs in zip(out.token_ids, out.logprobs, hf_logprobs, strict=True):
+                assert ours[token] == pytest.approx(theirs[token].item(), abs=1e-3)
+                top = torch.topk(theirs, 3).indices.tolist()
+                assert set(top) <= set(ours), "top-3 alternatives missing"
+                for alt in top:
+                    assert ours[alt] == pytest.approx(theirs[alt].item(), abs=1e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import hf_greedy, make_tiny_checkpoint, random_prompts
+from tiny_models import assert_matches_hf, make_tiny_checkpoint, random_prompts
 from transformers import AutoModelForCausalLM
 
 import orca_worker.triton_attention as triton_attention
@@ -38,12 +38,6 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def _assert_matches_hf(model, prompts, outputs):
-    for prompt, out in zip(prompts, outputs, strict=True):
-        hf_tokens, _ = hf_greedy(model, prompt, MAX_NEW_TOKENS)
-        assert out.token_ids == hf_tokens, f"prompt len {len(prompt)}"
-
-
 @pytest.mark.parametrize(
     "regime", [{}, {"max_num_batched_tokens": 8}], ids=["default", "chunked_prefill"]
 )
@@ -53,7 +47,7 @@ def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
     prompts = random_prompts((5, 17, 1, 9), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
-    _assert_matches_hf(model, prompts, outputs)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
     assert kernel_calls, "the Triton backend never ran"
 
 
@@ -68,7 +62,7 @@ def test_triton_prefix_cache_hit(llama, kernel_calls):
     hits_before = llm.scheduler.block_manager.num_cache_hits
     rest = llm.generate(prompt_token_ids=prompts[1:], sampling_params=params)
     assert llm.scheduler.block_manager.num_cache_hits > hits_before
-    _assert_matches_hf(model, prompts, first + rest)
+    assert_matches_hf(model, prompts, first + rest, MAX_NEW_TOKENS)
     assert kernel_calls
 
 
@@ -86,5 +80,5 @@ def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
     prompts = random_prompts((30, 7), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
-    _assert_matches_hf(model, prompts, outputs)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
     assert not kernel_calls
