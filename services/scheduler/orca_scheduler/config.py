@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orca_proto.env_flags import env_flag_adder
 from orca_proto.topology import Topology
 
 
@@ -77,8 +78,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "tokens back to Redis.",
     )
 
-    def flag(name: str, var: str, default: str | None, help_: str, **kwargs) -> None:
-        p.add_argument(name, default=env.get(var, default), help=f"{help_} (env {var})", **kwargs)
+    flag = env_flag_adder(p, env)
 
     flag("--redis-url", "ORCA_REDIS_URL", SchedulerServiceConfig.redis_url, "Redis URL")
     flag("--tp", "ORCA_TP", "1", "tensor-parallel ranks per pipeline stage", type=int)

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orca_proto.env_flags import env_flag_adder
 from orca_worker.parallel.distributed import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from orca_worker.parallel.topology import TopologyError, parse_layer_counts, place_of
 from orca_worker.runner import RunnerConfig
@@ -43,8 +44,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Serve one model shard over gRPC (orca.v1.Worker): plans in, tokens out.",
     )
 
-    def flag(name: str, var: str, default: str | None, help_: str, **kwargs) -> None:
-        p.add_argument(name, default=env.get(var, default), help=f"{help_} (env {var})", **kwargs)
+    flag = env_flag_adder(p, env)
 
     flag("--model", "ORCA_MODEL", None, "HF-format checkpoint folder")
     flag("--host", "ORCA_WORKER_HOST", "127.0.0.1", "address to listen on")
