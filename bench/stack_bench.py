@@ -42,6 +42,8 @@ PLAN_BUILD_METRIC = "orca_plan_build_seconds"
 ITERATION_METRIC = "orca_iteration_seconds"
 BATCH_SIZE_METRIC = "orca_batch_size"
 ITERATIONS_COUNTER = "orca_iterations_total"
+# Per-worker step time (labels pipeline, stage, tp_rank): kept per label set as well.
+WORKER_BUSY_METRIC = "orca_worker_busy_seconds_total"
 # Samples that say nothing summable about a run (per-bucket counts, creation timestamps).
 _SKIPPED_SUFFIXES = ("_bucket", "_created")
 # The warm-up requests: orca_bench.warm_up's (another seed than the trace: no cache hits).
@@ -68,7 +70,8 @@ def parse_prometheus(text: str) -> dict[str, float]:
     """Prometheus text exposition as {sample name: value}, summed over label sets.
 
     Buckets, `_created` stamps and summary quantiles are dropped; unparsable lines are
-    skipped (a scrape must never fail the benchmark).
+    skipped (a scrape must never fail the benchmark). The per-worker busy counter is also
+    kept per label set, as `name{labels}`.
     """
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -93,6 +96,8 @@ def parse_prometheus(text: str) -> dict[str, float]:
         except ValueError:
             continue
         samples[name] = samples.get(name, 0.0) + value
+        if name == WORKER_BUSY_METRIC and "{" in line:
+            samples[f"{name}{{{labels}}}"] = value
     return samples
 
 
@@ -101,7 +106,7 @@ def metric_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str
     `_total` sample that moved (gauges are not deltas and are left out)."""
     out = {}
     for name, value in after.items():
-        if name.endswith(("_sum", "_count", "_total")):
+        if name.partition("{")[0].endswith(("_sum", "_count", "_total")):
             delta = value - before.get(name, 0.0)
             if delta:
                 out[name] = delta
@@ -139,6 +144,32 @@ def control_plane_summary(deltas: dict[str, float], seconds: float | None) -> di
     elif deltas.get(f"{CONTROL_PLANE_METRIC}_count"):
         out["iterations"] = int(deltas[f"{CONTROL_PLANE_METRIC}_count"])
     return out
+
+
+def worker_busy_summary(deltas: dict[str, float], seconds: float | None) -> dict[str, Any]:
+    """Each worker's busy share of the pass's wall time (its reported step time over
+    `seconds`), keyed `p<pipeline>s<stage>r<rank>`, and the lowest and mean share: how full
+    the pipelines' stages were kept. Empty without the metric or a duration."""
+    if not seconds:
+        return {}
+    shares = {}
+    prefix = WORKER_BUSY_METRIC + "{"
+    for name, value in deltas.items():
+        if name.startswith(prefix):
+            labels = dict(
+                part.split("=", 1) for part in name[len(prefix) : -1].split(",") if "=" in part
+            )
+            key = "p{}s{}r{}".format(
+                *(labels.get(k, "?").strip('"') for k in ("pipeline", "stage", "tp_rank"))
+            )
+            shares[key] = value / seconds
+    if not shares:
+        return {}
+    return {
+        "worker_busy_share": dict(sorted(shares.items())),
+        "worker_busy_share_min": min(shares.values()),
+        "worker_busy_share_mean": sum(shares.values()) / len(shares),
+    }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -482,6 +513,7 @@ def run_stack(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             kv_policy=args.kv_policy or "paged",
+            kernels=args.kernels,
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             load_format="random",
@@ -534,6 +566,7 @@ def run_stack(
                 out[f"{source}_metrics_error"] = err or before[source][1]
             out[f"{source}_metrics"] = deltas
         out.update(control_plane_summary(out.get("scheduler_metrics", {}), seconds))
+        out.update(worker_busy_summary(out.get("scheduler_metrics", {}), seconds))
         if "iterations" not in out:  # maybe the gateway re-exports the scheduler's
             out.update(control_plane_summary(out.get("gateway_metrics", {}), seconds))
         try:  # a service that died during the pass: keep the numbers, say so
@@ -606,6 +639,8 @@ def stack_table(results: dict[str, dict[str, Any]], shape: str, n: int) -> str:
         ("batch size (mean)", "batch_size_mean"),
         ("control-plane share of wall time", "control_plane_share"),
         ("plan-build share of wall time", "plan_build_share"),
+        ("worker busy share, lowest", "worker_busy_share_min"),
+        ("worker busy share, mean", "worker_busy_share_mean"),
     ):
         lines.append(f"| {label} | {_fmt(stack.get(key), 3)} | {_fmt(stream.get(key), 3)} |")
     lines.append(

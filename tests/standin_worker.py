@@ -142,6 +142,7 @@ class StandinWorker(worker_pb2_grpc.WorkerServicer):
                 except (AssertionError, KeyError) as exc:
                     self.violations.append(f"step {record.plan.step_id}: {exc!r}")
                     result = worker_pb2.StepResult(step_id=record.plan.step_id, error=repr(exc))
+            result.timings.forward_ms = self.step_delay_s * 1000.0  # what a worker reports
             record.answered_at = time.monotonic()
             yield result
 

@@ -19,6 +19,7 @@ from bench.stack_bench import (  # noqa: E402
     percentile,
     summarize_responses,
     with_ratios,
+    worker_busy_summary,
 )
 from bench.trace import TraceRequest, trace  # noqa: E402
 
@@ -137,3 +138,19 @@ def test_percentile():
     assert percentile([], 50) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile(list(range(1, 101)), 99) == 99
+
+
+def test_worker_busy_shares_per_stage():
+    def scrape_with(stage0: float, stage1: float) -> str:
+        line = 'orca_worker_busy_seconds_total{pipeline="0",stage="%d",tp_rank="0"} %s\n'
+        return line % (0, stage0) + line % (1, stage1)
+
+    before = parse_prometheus(scrape_with(1.0, 2.0))
+    after = parse_prometheus(scrape_with(4.0, 3.5))
+    assert after["orca_worker_busy_seconds_total"] == 7.5  # the labels summed, as for others
+    summary = worker_busy_summary(metric_deltas(before, after), seconds=4.0)
+    assert summary["worker_busy_share"] == {"p0s0r0": 0.75, "p0s1r0": 0.375}
+    assert summary["worker_busy_share_min"] == 0.375
+    assert summary["worker_busy_share_mean"] == pytest.approx(0.5625)
+    assert worker_busy_summary({}, seconds=4.0) == {}
+    assert worker_busy_summary(metric_deltas(before, after), seconds=0) == {}

@@ -3,6 +3,8 @@ Triton's CPU interpreter, see conftest.py) must give HF's greedy tokens."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tiny_models import assert_matches_hf, make_tiny_checkpoint, random_prompts
@@ -14,6 +16,8 @@ from orca_worker.errors import ModelLoadError
 from orca_worker.runner import ModelRunner, RunnerConfig
 
 MAX_NEW_TOKENS = 6
+# The engine's device: the CPU (the interpreter) in CI; cuda on a GPU machine (conftest.py).
+DEVICE = os.environ.get("ORCA_KERNEL_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def kernel_calls(monkeypatch):
 )
 def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
     path, model = llama
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", **regime)
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, **regime)
     prompts = random_prompts((5, 17, 1, 9), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -53,7 +57,7 @@ def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
 
 def test_triton_prefix_cache_hit(llama, kernel_calls):
     path, model = llama
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", block_size=4)
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, block_size=4)
     shared = random_prompts((12,), model.config.vocab_size, seed=1)[0]
     tails = random_prompts((3, 1), model.config.vocab_size, seed=2)
     prompts = [shared + tail for tail in tails]
@@ -76,7 +80,7 @@ def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
     """The kernels have no window: a windowed model runs the torch backend and stays exact."""
     path = make_tiny_checkpoint("mistral", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    llm = LLM(model=str(path), dtype="float32", kernels="triton")
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE)
     prompts = random_prompts((30, 7), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)

@@ -100,6 +100,11 @@ def test_pp2_keeps_two_plans_in_flight(harness):
         on_submit = 'orca_plans_in_flight_on_submit_bucket{le="%s",pipeline="0"}'
         assert metrics[on_submit % "1.0"] < metrics[on_submit % "2.0"]  # some submits at 2
         assert re.search(r"iteration pipeline=0 step_id=\d+ in_flight=2 ", scheduler.log_tail(2000))
+        # Every worker's reported step time is counted, per stage and rank.
+        busy = 'orca_worker_busy_seconds_total{pipeline="0",stage="%d",tp_rank="%d"}'
+        for stage in (0, 1):
+            for rank in (0, 1):
+                assert metrics[busy % (stage, rank)] > 0.02
         for worker in workers:
             assert not worker.violations
             steps = [r.plan.step_id for r in worker.received]

@@ -44,6 +44,7 @@ class PipelineObserver:
         self._in_flight = metrics.plans_in_flight.labels(label)
         self._in_flight_on_submit = metrics.plans_in_flight_on_submit.labels(label)
         self._iterations_total = metrics.pipeline_iterations.labels(label)
+        self._busy_seen: dict[tuple[int, int], float] = {}
         self.total_iterations = 0
         self._highest_in_flight = 0  # most plans in flight at once since it connected
         self._reset_window()
@@ -104,6 +105,18 @@ class PipelineObserver:
         self._sampled_tokens += len(result.tokens)
         if time.monotonic() - self._since >= STATS_INTERVAL_S:
             self._log_stats()
+
+    def worker_busy(self, positions: list[tuple[int, int]], busy_s: list[float]) -> None:
+        """Bring the per-worker busy counters up to the executor's running totals (given as
+        each worker's (stage, tp_rank) and seconds, in the same order)."""
+        for position, total in zip(positions, busy_s, strict=True):
+            delta = total - self._busy_seen.get(position, 0.0)
+            if delta > 0:
+                stage, rank = position
+                self._metrics.worker_busy_seconds.labels(
+                    str(self.pipeline), str(stage), str(rank)
+                ).inc(delta)
+                self._busy_seen[position] = total
 
     def forget(self) -> None:
         """The pipeline is gone: drop its gauges."""

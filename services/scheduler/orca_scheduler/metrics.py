@@ -119,6 +119,13 @@ class SchedulerMetrics:
             buckets=_IN_FLIGHT_BUCKETS,
             registry=r,
         )
+        self.worker_busy_seconds = Counter(
+            "orca_worker_busy_seconds",
+            "Seconds each worker spent on steps (its prepare + forward + sample timings); "
+            "over wall time, how full each pipeline stage is kept.",
+            ["pipeline", "stage", "tp_rank"],
+            registry=r,
+        )
 
     def forget_pipeline(self, pipeline: int) -> None:
         """Drop a lost pipeline's gauges (its counters stay: they only ever grow)."""

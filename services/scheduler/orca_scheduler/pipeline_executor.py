@@ -49,6 +49,8 @@ class PipelineExecutor:
         self._workers = [WorkerStream(a, max_message_bytes, self._break) for a in addresses]
         self._last = topology.last_stage_rank0_index
         self._info: worker_pb2.WorkerInfo | None = None
+        # Per worker (ordinal order), seconds of step work it reported: its stage's busy time.
+        self.worker_busy_s = [0.0] * len(self._workers)
         self.broken: str | None = None
         self._broken_event = asyncio.Event()
 
@@ -78,6 +80,10 @@ class PipelineExecutor:
         )
         return self._info
 
+    def worker_positions(self) -> list[tuple[int, int]]:
+        """(stage, tp_rank) of each worker, in the order of `worker_busy_s`."""
+        return [(pos.stage, pos.tp_rank) for pos in self._positions]
+
     def info(self) -> worker_pb2.WorkerInfo:
         """The last stage rank 0's Info, with the smallest KV pool of all stages."""
         if self._info is None:
@@ -93,6 +99,9 @@ class PipelineExecutor:
         for outcome in results:
             if isinstance(outcome, BaseException):
                 raise PipelineBrokenError(self.broken or str(outcome)) from outcome
+        for i, r in enumerate(results):
+            t = r.timings
+            self.worker_busy_s[i] += (t.prepare_ms + t.forward_ms + t.sample_ms) / 1000.0
         errors = [
             (pos, r.error) for pos, r in zip(self._positions, results, strict=True) if r.error
         ]

@@ -95,6 +95,9 @@ class ServingPipeline:
                 finished = self._fail_plan(entry.plan, str(exc))
         entry.times.done = time.perf_counter()
         self.observer.step(entry.plan, result, entry.times, entry.num_preempted)
+        busy_s = getattr(self.executor, "worker_busy_s", None)  # executors of gRPC workers
+        if busy_s is not None:
+            self.observer.worker_busy(self.executor.worker_positions(), busy_s)
         return finished
 
     def _fail_plan(self, plan: worker_pb2.StepPlan, error: str) -> list[FinishedRequest]:
