@@ -2,7 +2,7 @@
 # The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
-#                                           stack stack1b stacktiny kernels
+#                                           stack stack1b stacktiny kernels triton8b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -101,7 +101,7 @@ stack() {  # stack SECONDS SHAPE [TAG FLAGS...]: bench/stack_bench.py, then kill
 
 # The multi-GPU parts: the stack on the 8B shape, non-streaming only; the in-process
 # baseline runs once, in multi1 (with the 1-GPU stack), so the splits skip it.
-MULTI=(--skip orca,stack_stream --stack-ready-timeout 60)
+MULTI=(--skip ceil,b1,hf,orca,stack_stream --stack-ready-timeout 60)
 
 for part in "${PARTS[@]}"; do
   rc=0
@@ -125,7 +125,11 @@ for part in "${PARTS[@]}"; do
     kernels) ORCA_KERNEL_TEST_DEVICE=cuda run 300 python3 -m pytest -q -x -p no:cacheprovider \
                tests/kernels tests/worker/test_runner_vs_hf.py || rc=$? ;;
     # Several GPUs (nvidia-h100-x2 / -x4): the same trace through the stack, each split.
-    multi1) stack 120 llama8b _1gpu --skip stack_stream --stack-ready-timeout 60 || rc=$? ;;
+    multi1) stack 120 llama8b _1gpu --skip ceil,b1,hf,stack_stream --stack-ready-timeout 60 \
+              || rc=$? ;;
+    # Orca in-process with the Triton attention backend (offline trace and batch 1, no HF).
+    triton8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels triton \
+                --budget-s 100 --out "$OUT/llama8b_triton.jsonl" $EXTRA || rc=$? ;;
     tp2) stack 90 llama8b _tp2 --tp 2 "${MULTI[@]}" || rc=$? ;;
     pp2) stack 90 llama8b _pp2 --pp 2 "${MULTI[@]}" || rc=$? ;;
     pipelines2) stack 90 llama8b _pipelines2 --pipelines 2 "${MULTI[@]}" || rc=$? ;;
