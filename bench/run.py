@@ -104,9 +104,10 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
     eng.add_argument(
         "--kernels",
-        default="torch",
-        choices=["torch", "triton"],
-        help="the worker's attention kernels (orca.LLM(kernels=...), orca serve --kernels)",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="the worker's kernels (orca.LLM(kernels=...), orca serve --kernels); auto: "
+        "triton on CUDA",
     )
     eng.add_argument("--kv-cache-memory-fraction", type=float, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true", help="enable_prefix_caching=False")

@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--kernels",
-        choices=["torch", "triton"],
-        default="torch",
-        help="workers' attention: torch, or triton (orca_kernels on CUDA) (default torch)",
+        choices=["auto", "torch", "triton"],
+        default="auto",
+        help="workers' kernels: triton (orca_kernels: paged attention, fused norms, rotary, "
+        "activations), torch, or auto: triton on CUDA, torch on CPU (default auto)",
     )
     serve.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"

@@ -47,8 +47,8 @@ class ServeConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None
     load_format: str = "safetensors"
-    # The workers' attention kernels: "torch" or "triton".
-    kernels: str = "torch"
+    # The workers' kernels: "auto" (triton on CUDA), "torch" or "triton".
+    kernels: str = "auto"
     tp: int = 1
     pp: int = 1
     pipelines: int = 1

@@ -58,7 +58,7 @@ class LLM:
         kv_cache_memory_fraction: float = 0.9,
         load_format: str = "safetensors",
         seed: int = 0,
-        kernels: str = "torch",
+        kernels: str = "auto",
     ) -> None:
         self.model_dir = Path(model)
         self.executor: Executor = InProcessExecutor(

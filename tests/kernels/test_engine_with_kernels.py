@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import orca_worker.triton_attention as triton_attention
 from orca import LLM, SamplingParams
 from orca_worker.errors import ModelLoadError
-from orca_worker.runner import ModelRunner, RunnerConfig
+from orca_worker.runner import ModelRunner, RunnerConfig, resolve_kernels
 
 MAX_NEW_TOKENS = 6
 # The engine's device: the CPU (the interpreter) in CI; cuda on a GPU machine (conftest.py).
@@ -86,3 +86,45 @@ def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
     assert not kernel_calls
+
+
+@pytest.mark.parametrize("arch", ["llama3-tied", "qwen3", "gpt2", "opt"])
+def test_fused_layers_equal_transformers(tmp_path, arch):
+    """kernels="triton" switches norms, rotary and activations to orca_kernels (interpreted
+    here): every family's greedy tokens still equal HF's, decode steps included."""
+    path = make_tiny_checkpoint(arch, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE)
+    switched = [m for m in llm.executor.runner.model.modules() if getattr(m, "fused", False)]
+    assert switched, "no layer uses the fused kernels"
+    prompts = random_prompts((11, 3, 6), model.config.vocab_size)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
+
+
+def test_decode_steps_use_the_decode_kernel(llama, monkeypatch):
+    """A step whose sequences all bring one token goes to paged_decode_attention."""
+    path, model = llama
+    calls = []
+    real = triton_attention.paged_decode_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_attention, "paged_decode_attention", counted)
+    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE)
+    prompts = random_prompts((4, 9), model.config.vocab_size, seed=3)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
+    assert 2 in calls  # both sequences decoding together
+
+
+def test_auto_kernels_resolve_by_device():
+    assert resolve_kernels("auto", torch.device("cpu")) == "torch"
+    assert resolve_kernels("torch", torch.device("cuda")) == "torch"
+    assert resolve_kernels("triton", torch.device("cpu")) == "triton"
+    if torch.cuda.is_available():
+        assert resolve_kernels("auto", torch.device("cuda")) == "triton"

@@ -17,7 +17,7 @@ SHAPES = [(1, 7), (5, 100), (13, 257), (2, 3, 64)]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_add_rms_norm(shape, dtype, with_residual):
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     x = torch.randn(shape, generator=g).to(dtype)
     res = torch.randn(shape, generator=g).to(dtype) if with_residual else None
     w = torch.randn(shape[-1], generator=g).to(dtype)
@@ -35,7 +35,7 @@ def test_add_rms_norm(shape, dtype, with_residual):
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(shape, dtype, with_residual, affine):
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     x = (torch.randn(shape, generator=g) * 3 + 1).to(dtype)
     res = torch.randn(shape, generator=g).to(dtype) if with_residual else None
     w = torch.randn(shape[-1], generator=g).to(dtype) if affine else None
@@ -47,7 +47,7 @@ def test_layer_norm(shape, dtype, with_residual, affine):
 
 
 def test_non_contiguous_rows_and_float32_weight():
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
     x = torch.randn(6, 2 * 33, generator=g, dtype=torch.float16)[:, :33]  # row stride 66
     w = torch.randn(33, generator=g)
     out, _ = add_rms_norm(x, None, w, 1e-6)
@@ -55,7 +55,7 @@ def test_non_contiguous_rows_and_float32_weight():
 
 
 def test_references_match_plain_formulas():
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     x, r = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
     w, b = torch.randn(10, generator=g), torch.randn(10, generator=g)
     h = x + r

@@ -25,7 +25,7 @@ def cos_sin_cache(rotary_dim: int, base: float = 10000.0) -> torch.Tensor:
     [(1, 1, 1, 8, 8), (7, 4, 2, 64, 64), (11, 3, 1, 40, 40), (5, 2, 2, 32, 16)],
 )
 def test_apply_rotary(tokens, hq, hkv, head_dim, rotary_dim, is_neox, dtype):
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     q = torch.randn(tokens, hq, head_dim, generator=g).to(dtype)
     k = torch.randn(tokens, hkv, head_dim, generator=g).to(dtype)
     positions = torch.randint(0, MAX_POS, (tokens,), generator=g)
@@ -39,7 +39,7 @@ def test_apply_rotary(tokens, hq, hkv, head_dim, rotary_dim, is_neox, dtype):
 
 
 def test_strided_views_of_fused_qkv():
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     t, hq, hkv, d = 6, 4, 2, 16
     qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=g)
     positions = torch.arange(t)
@@ -57,7 +57,7 @@ def test_strided_views_of_fused_qkv():
 
 @pytest.mark.parametrize("is_neox", [True, False])
 def test_reference_matches_rotate_half_formula(is_neox):
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
     t, h, d = 5, 2, 8
     x = torch.randn(t, h, d, generator=g)
     positions = torch.randint(0, MAX_POS, (t,), generator=g)

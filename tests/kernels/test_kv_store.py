@@ -11,7 +11,9 @@ from orca_kernels.kv_store import store_kv, store_kv_ref
 @pytest.mark.parametrize("block_size", [4, 16])
 @pytest.mark.parametrize(("num_heads", "head_dim"), [(1, 32), (2, 64), (3, 24)])
 def test_store_kv_matches_reference(block_size, num_heads, head_dim):
-    gen = torch.Generator().manual_seed(block_size * 100 + num_heads * 10 + head_dim)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(
+        block_size * 100 + num_heads * 10 + head_dim
+    )
     num_blocks, num_tokens = 8, 13
     k = torch.randn(num_tokens, num_heads, head_dim, generator=gen)
     v = torch.randn(num_tokens, num_heads, head_dim, generator=gen)
@@ -35,7 +37,7 @@ def test_store_kv_matches_reference(block_size, num_heads, head_dim):
 
 
 def test_store_kv_casts_and_handles_strided_input():
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(7)
     kv = torch.randn(5, 2, 2, 32, generator=gen)  # k and v interleaved: strided views
     k, v = kv[:, 0], kv[:, 1]
     slots = torch.tensor([0, 5, 6, 11, -3], dtype=torch.int32)

@@ -21,7 +21,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 def _paged_cache(context_lens, block_size, head_dim, seed, num_kv_heads=NUM_KV_HEADS):
     """Random caches and scattered block tables holding each sequence's context."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(torch.get_default_device()).manual_seed(seed)
     needed = [-(-c // block_size) for c in context_lens]
     num_blocks = sum(needed) + 3  # spare blocks that nobody should read
     shape = (num_blocks, block_size, num_kv_heads, head_dim)

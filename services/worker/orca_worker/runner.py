@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
+from orca_kernels.dispatch import triton_available
 from orca_proto.v1 import worker_pb2
 from orca_worker.attention import AttentionBackend, TorchAttentionBackend
 from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit, prepare_batch
 from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
 from orca_worker.errors import InvalidPlanError, ModelLoadError
 from orca_worker.kv_cache import KVCachePool, attention_layers, bind_kv_cache, plan_num_blocks
+from orca_worker.models.layers import use_fused_kernels
 from orca_worker.parallel.distributed import ParallelComm
 from orca_worker.parallel.stage import build_stage
 from orca_worker.parallel.topology import WorkerPlace
@@ -24,7 +26,7 @@ from orca_worker.timing import StepTimer
 log = logging.getLogger(__name__)
 
 # The RunnerConfig.kernels choices.
-KERNELS = ("torch", "triton")
+KERNELS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -50,9 +52,10 @@ class RunnerConfig:
     place: WorkerPlace = field(default_factory=WorkerPlace)
     # Layers per pipeline stage (first stage first); None splits them evenly.
     pp_layers: tuple[int, ...] | None = None
-    # Attention kernels: "torch" (the reference backend) or "triton" (orca_kernels; opt in,
-    # sliding-window layers still use torch).
-    kernels: str = "torch"
+    # "torch" (plain torch everywhere), "triton" (orca_kernels: paged attention, fused norms,
+    # rotary and activations; sliding-window layers keep torch attention), or "auto":
+    # triton on CUDA when Triton imports, torch otherwise.
+    kernels: str = "auto"
 
 
 class ModelRunner:
@@ -97,7 +100,10 @@ class ModelRunner:
         self.kv_pool = KVCachePool(
             len(attn), num_blocks, config.block_size, num_kv_heads, head_dim, dtype, self.device
         )
-        bind_kv_cache(self.model, self.kv_pool, _attention_backend(config.kernels))
+        self.kernels = resolve_kernels(config.kernels, self.device)
+        bind_kv_cache(self.model, self.kv_pool, _attention_backend(self.kernels))
+        if self.kernels == "triton":
+            use_fused_kernels(self.model, mc.max_position_embeddings)
         self.distributed = comm is not None
         # Set once the pipeline cannot run another plan (see PipelineBrokenError).
         self.broken: str | None = None
@@ -108,7 +114,7 @@ class ModelRunner:
         self.seqs: dict[str, SequenceState] = {}
         log.info(
             "model_loaded model=%s arch=%s dtype=%s device=%s pipeline=%d stage=%d tp_rank=%d "
-            "layers=%d-%d kv_blocks=%d kv_bytes=%d",
+            "layers=%d-%d kv_blocks=%d kv_bytes=%d kernels=%s",
             self.model_name,
             mc.architecture,
             self.dtype_name,
@@ -120,6 +126,7 @@ class ModelRunner:
             self.layers.stop - 1,
             num_blocks,
             self.kv_pool.kv_bytes,
+            self.kernels,
         )
 
     @property
@@ -258,6 +265,14 @@ def _check_runner_config(config: RunnerConfig, comm: ParallelComm | None) -> Non
         raise ModelLoadError(
             f"kv_cache_memory_fraction must be in (0, 1], got {config.kv_cache_memory_fraction}"
         )
+
+
+def resolve_kernels(kernels: str, device: torch.device) -> str:
+    """The kernels a worker runs: "auto" is "triton" on CUDA when Triton imports, else
+    "torch"; "torch" and "triton" are kept as asked."""
+    if kernels != "auto":
+        return kernels
+    return "triton" if device.type == "cuda" and triton_available() else "torch"
 
 
 def _attention_backend(kernels: str) -> AttentionBackend:

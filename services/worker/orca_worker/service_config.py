@@ -70,9 +70,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     flag(
         "--kernels",
         "ORCA_KERNELS",
-        "torch",
-        "attention: torch, or triton (orca_kernels on CUDA; CPU and sliding windows use torch)",
-        choices=["torch", "triton"],
+        "auto",
+        "triton (orca_kernels: paged attention, fused norms, rotary, activations; sliding "
+        "windows keep torch attention), torch, or auto: triton on CUDA, torch on CPU",
+        choices=["auto", "torch", "triton"],
     )
     flag("--seed", "ORCA_SEED", "0", "seed of random weights and unseeded sampling", type=int)
     flag(

@@ -3,6 +3,12 @@
 All of them work on the packed [num_tokens, features] tensor of a step. Parameters are
 created uninitialized (`torch.empty`, in the default dtype and device of the caller's
 context): the loader fills them from a checkpoint or with random values.
+
+The norms, the rotary embedding and the MLP activations have two paths: plain torch (the
+default), and `orca_kernels`' fused functions once `use_fused_kernels(model)` has switched
+the model over (the runner does so for kernels="triton"). Those functions run the Triton
+kernel where `orca_kernels.dispatch.use_triton` says so (CUDA) and their torch reference
+elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orca_kernels.activations import bias_gelu, silu_mul
+from orca_kernels.norms import add_rms_norm, layer_norm
+from orca_kernels.rotary import apply_rotary
 from orca_worker.attention import AttentionMetadata, PagedAttention
 from orca_worker.config import RopeConfig
 from orca_worker.errors import UnsupportedArchitectureError
@@ -22,6 +31,15 @@ from orca_worker.errors import UnsupportedArchitectureError
 def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
+
+# The config.json activations a fused kernel computes: name -> bias_gelu's `approximate`.
+GELU_APPROXIMATE = {
+    "gelu": "none",
+    "gelu_new": "tanh",
+    "gelu_fast": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+}
+SILU_NAMES = ("silu", "swish")
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -81,6 +99,8 @@ class Embedding(nn.Module):
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 (as transformers does), with an optional fused residual add."""
 
+    fused = False  # use_fused_kernels() sets it: orca_kernels' add_rms_norm
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = _param(dim)
@@ -88,6 +108,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """norm(x), or (norm(x + residual), x + residual) when a residual is given."""
+        if self.fused:
+            out, summed = add_rms_norm(x, residual, self.weight, self.eps)
+            return out if residual is None else (out, summed)
         if residual is not None:
             x = x + residual
             residual = x
@@ -107,8 +130,12 @@ class LayerNorm(nn.Module):
         self.weight = _param(dim) if affine else None
         self.bias = _param(dim) if affine else None
 
+    fused = False  # use_fused_kernels() sets it: orca_kernels' layer_norm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize the last dimension."""
+        if self.fused:
+            return layer_norm(x, None, self.weight, self.bias, self.eps)[0]
         return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
 
 
@@ -145,11 +172,22 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         # Not a parameter: derived from the config, never read from a checkpoint.
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, rope), persistent=False)
+        # [max positions, head_dim] cos | sin rows for apply_rotary, once use_fused_kernels
+        # has built it; None: the torch path.
+        self.cos_sin_cache: torch.Tensor | None = None
+
+    def build_cos_sin_cache(self, max_positions: int) -> None:
+        """Precompute float32 cos | sin for positions [0, max_positions) (the fused path)."""
+        positions = torch.arange(max_positions, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = positions[:, None] * self.inv_freq.float()[None, :]
+        self.cos_sin_cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, Hq, D] and k [T, Hkv, D] by their tokens' positions [T]."""
+        if self.cos_sin_cache is not None:  # in place, one launch each for q and k
+            return apply_rotary(q, k, positions, self.cos_sin_cache, is_neox=True)
         freqs = positions[:, None].float() * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, D]
         cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
@@ -170,9 +208,14 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = Linear(hidden, 2 * intermediate, bias, (intermediate, intermediate))
         self.down_proj = Linear(intermediate, hidden, bias)
         self.act = get_activation(act)
+        self.act_name = act
+
+    fused = False  # use_fused_kernels() sets it when the activation is SiLU: silu_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP to packed tokens."""
+        if self.fused:
+            return self.down_proj(silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
@@ -185,9 +228,15 @@ class MLP(nn.Module):
         self.fc_in = Linear(hidden, intermediate, bias)
         self.fc_out = Linear(intermediate, hidden, bias)
         self.act = get_activation(act)
+        self.act_name = act
+
+    fused = False  # use_fused_kernels() sets it when the activation is a GeLU: bias_gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP to packed tokens."""
+        if self.fused:  # the bias add goes into the activation's kernel
+            hidden = F.linear(x, self.fc_in.weight)
+            return self.fc_out(bias_gelu(hidden, self.fc_in.bias, GELU_APPROXIMATE[self.act_name]))
         return self.fc_out(self.act(self.fc_in(x)))
 
 
@@ -238,3 +287,27 @@ class Attention(nn.Module):
             q, k = self._rotary[0](positions, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.reshape(-1, self.q_size))
+
+
+def use_fused_kernels(model: nn.Module, max_positions: int) -> int:
+    """Switch the model's norms, rotary embeddings and (SiLU-gated or GeLU) MLPs to the
+    `orca_kernels` functions; rotary tables cover positions [0, max_positions). Returns how
+    many modules were switched."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.build_cos_sin_cache(max_positions)
+        elif _has_fused_kernel(module):
+            module.fused = True
+        else:
+            continue
+        switched += 1
+    return switched
+
+
+def _has_fused_kernel(module: nn.Module) -> bool:
+    if isinstance(module, RMSNorm | LayerNorm):
+        return True
+    if isinstance(module, GatedMLP):
+        return module.act_name in SILU_NAMES
+    return isinstance(module, MLP) and module.act_name in GELU_APPROXIMATE
