@@ -109,6 +109,12 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
         help="the worker's kernels (orca.LLM(kernels=...), orca serve --kernels); auto: "
         "triton on CUDA",
     )
+    eng.add_argument(
+        "--cuda-graph-max-batch",
+        type=int,
+        default=256,
+        help="decode steps of up to this many sequences replay CUDA graphs; 0: eager",
+    )
     eng.add_argument("--kv-cache-memory-fraction", type=float, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true", help="enable_prefix_caching=False")
     st = ap.add_argument_group("full stack (bench/stack_bench.py)")
@@ -249,6 +255,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             num_kv_blocks=num_kv_blocks,
             kv_policy=args.kv_policy,
             kernels=args.kernels,
+            cuda_graph_max_batch=args.cuda_graph_max_batch,
             kv_cache_memory_fraction=args.kv_cache_memory_fraction,
             enable_prefix_caching=not args.no_prefix_caching,
         )

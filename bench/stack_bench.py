@@ -514,6 +514,7 @@ def run_stack(
             max_num_batched_tokens=args.max_num_batched_tokens,
             kv_policy=args.kv_policy or "paged",
             kernels=args.kernels,
+            cuda_graph_max_batch=args.cuda_graph_max_batch,
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             load_format="random",

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "activations), torch, or auto: triton on CUDA, torch on CPU (default auto)",
     )
     serve.add_argument(
+        "--cuda-graph-max-batch",
+        type=int,
+        default=256,
+        help="workers replay CUDA graphs for decode steps of up to this many sequences (CUDA, "
+        "triton kernels, tp = pp = 1); 0: every step eager (default 256)",
+    )
+    serve.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"
     )
     serve.add_argument("--pp", type=int, default=1, help="pipeline stages per pipeline (default 1)")
@@ -135,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
     names = [
         "model", "host", "port", "grpc_port", "device", "dtype", "redis_url", "max_num_seqs",
         "max_num_batched_tokens", "kv_policy", "api_key", "served_model_name", "block_size",
-        "num_kv_blocks", "load_format", "kernels", "log_dir", "tp", "pp", "pipelines",
+        "num_kv_blocks", "load_format", "kernels", "cuda_graph_max_batch", "log_dir", "tp",
+        "pp", "pipelines",
     ]  # fmt: skip
     return serve(ServeConfig(**{name: getattr(args, name) for name in names}))
 

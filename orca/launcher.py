@@ -49,6 +49,8 @@ class ServeConfig:
     load_format: str = "safetensors"
     # The workers' kernels: "auto" (triton on CUDA), "torch" or "triton".
     kernels: str = "auto"
+    # Workers replay CUDA graphs for decode steps of up to this many sequences (0: off).
+    cuda_graph_max_batch: int = 256
     tp: int = 1
     pp: int = 1
     pipelines: int = 1
@@ -144,7 +146,8 @@ class LocalStack:
         cfg = self.config
         args = ["--model", cfg.model, "--host", "127.0.0.1", "--port", str(port),
                 "--device", cfg.device, "--dtype", cfg.dtype, "--block-size", str(cfg.block_size),
-                "--load-format", cfg.load_format, "--kernels", cfg.kernels]  # fmt: skip
+                "--load-format", cfg.load_format, "--kernels", cfg.kernels,
+                "--cuda-graph-max-batch", str(cfg.cuda_graph_max_batch)]  # fmt: skip
         if cfg.num_kv_blocks is not None:
             args += ["--num-kv-blocks", str(cfg.num_kv_blocks)]
         return args + cfg.extra_worker_args

@@ -59,6 +59,7 @@ class LLM:
         load_format: str = "safetensors",
         seed: int = 0,
         kernels: str = "auto",
+        cuda_graph_max_batch: int = 256,
     ) -> None:
         self.model_dir = Path(model)
         self.executor: Executor = InProcessExecutor(
@@ -72,6 +73,7 @@ class LLM:
                 load_format=load_format,
                 seed=seed,
                 kernels=kernels,
+                cuda_graph_max_batch=cuda_graph_max_batch,
             )
         )
         info = self.executor.info()

@@ -11,9 +11,10 @@ import torch
 
 from orca_kernels.dispatch import triton_available
 from orca_proto.v1 import worker_pb2
-from orca_worker.attention import AttentionBackend, TorchAttentionBackend
+from orca_worker.attention import AttentionBackend, AttentionMetadata, TorchAttentionBackend
 from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit, prepare_batch
 from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
+from orca_worker.cuda_graphs import DecodeGraphs
 from orca_worker.errors import InvalidPlanError, ModelLoadError
 from orca_worker.kv_cache import KVCachePool, attention_layers, bind_kv_cache, plan_num_blocks
 from orca_worker.models.layers import use_fused_kernels
@@ -56,6 +57,9 @@ class RunnerConfig:
     # rotary and activations; sliding-window layers keep torch attention), or "auto":
     # triton on CUDA when Triton imports, torch otherwise.
     kernels: str = "auto"
+    # Decode steps of up to this many sequences replay CUDA graphs (on CUDA with the Triton
+    # kernels, in a single-process worker, no sliding window); 0 runs every step eagerly.
+    cuda_graph_max_batch: int = 256
 
 
 class ModelRunner:
@@ -105,6 +109,7 @@ class ModelRunner:
         if self.kernels == "triton":
             use_fused_kernels(self.model, mc.max_position_embeddings)
         self.distributed = comm is not None
+        self.graphs = self._capture_graphs() if self._graphs_apply() else None
         # Set once the pipeline cannot run another plan (see PipelineBrokenError).
         self.broken: str | None = None
         self.limits = BatchLimits(
@@ -190,10 +195,18 @@ class ModelRunner:
                 log.exception("step_failed step_id=%d", plan.step_id)
                 error = f"step failed: {type(exc).__name__}: {exc}"
         timer.mark()
+        graph_size = None
+        if self.graphs is not None and batch is not None and error is None:
+            graph_size = self.graphs.holds(batch)
         try:
-            hidden, error = self.stage.forward(plan.step_id, batch, error)
-            timer.mark()
-            sampled = self._sample(batch, hidden) if error is None else None
+            if graph_size is not None:  # a decode step: one graph replay to the logits
+                logits = self.graphs.run(batch, graph_size)
+                timer.mark()
+                sampled = self.sampler(logits, batch.sampled_states)
+            else:
+                hidden, error = self.stage.forward(plan.step_id, batch, error)
+                timer.mark()
+                sampled = self._sample(batch, hidden) if error is None else None
             timer.mark()
         except Exception as exc:  # a failed forward must not take the worker down
             log.exception("step_failed step_id=%d", plan.step_id)
@@ -214,6 +227,45 @@ class ModelRunner:
         result.timings.forward_ms = forward_ms
         result.timings.sample_ms = sample_ms
         return result
+
+    def decode_logits(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Float32 logits of every row: the forward a decode graph captures (single-process
+        worker, so the whole model and every row sampled)."""
+        model = self.model
+        carry = model.embed(input_ids, positions)
+        carry = model.run_layers(carry, positions, meta, self.layers)
+        return model.compute_logits(model.finish(carry)).float()
+
+    def _graphs_apply(self) -> bool:
+        """Whether decode steps run as CUDA graphs here (see RunnerConfig.cuda_graph_max_batch)."""
+        return (
+            self.config.cuda_graph_max_batch > 0
+            and self.device.type == "cuda"
+            and self.kernels == "triton"
+            and not self.distributed
+            and all(w is None for w in self.model_config.sliding_windows)
+        )
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        """Capture the decode graphs; None (every step eager, with a warning) if capture
+        fails: graphs only save launch time, the worker serves without them."""
+        torch.cuda.set_device(self.device.index if self.device.index is not None else 0)
+        max_blocks = -(-self.model_config.max_position_embeddings // self.kv_pool.block_size)
+        try:
+            return DecodeGraphs(
+                self.decode_logits,
+                min(self.config.cuda_graph_max_batch, self.kv_pool.num_blocks),
+                max_blocks,
+                self.kv_pool.block_size,
+                self.device,
+            )
+        except Exception:
+            log.warning("cuda_graphs_failed: decode steps run eagerly", exc_info=True)
+            torch.cuda.synchronize(self.device)
+            return None
 
     def close(self) -> None:
         """Finish this worker's part of the pipeline's last step (its pending sends)."""
@@ -257,6 +309,10 @@ def _check_runner_config(config: RunnerConfig, comm: ParallelComm | None) -> Non
         raise ModelLoadError(f"comm is for {comm.place}, the runner for {config.place}")
     if config.kernels not in KERNELS:
         raise ModelLoadError(f"unknown kernels {config.kernels!r}; expected one of {KERNELS}")
+    if config.cuda_graph_max_batch < 0:
+        raise ModelLoadError(
+            f"cuda_graph_max_batch must be 0 (off) or positive, got {config.cuda_graph_max_batch}"
+        )
     if config.block_size < 1:
         raise ModelLoadError(f"block_size must be positive, got {config.block_size}")
     if config.num_kv_blocks is not None and config.num_kv_blocks < 1:

@@ -75,6 +75,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "windows keep torch attention), torch, or auto: triton on CUDA, torch on CPU",
         choices=["auto", "torch", "triton"],
     )
+    flag(
+        "--cuda-graph-max-batch",
+        "ORCA_CUDA_GRAPH_MAX_BATCH",
+        "256",
+        "decode steps of up to this many sequences replay CUDA graphs (CUDA, triton kernels, "
+        "tp = pp = 1); 0: every step eager",
+        type=int,
+    )
     flag("--seed", "ORCA_SEED", "0", "seed of random weights and unseeded sampling", type=int)
     flag(
         "--drain-timeout-s",
@@ -162,6 +170,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> WorkerSe
         load_format=args.load_format,
         seed=args.seed,
         kernels=args.kernels,
+        cuda_graph_max_batch=args.cuda_graph_max_batch,
         place=place,
         pp_layers=pp_layers,
     )
