@@ -2,7 +2,7 @@
 # The benchmark on the lent GPU machine, in one device command (its limit is 600 s).
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
-#                                           stack stack1b stacktiny kernels triton8b
+#                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -127,6 +127,11 @@ for part in "${PARTS[@]}"; do
     # Several GPUs (nvidia-h100-x2 / -x4): the same trace through the stack, each split.
     multi1) stack 120 llama8b _1gpu --skip ceil,b1,hf,stack_stream --stack-ready-timeout 60 \
               || rc=$? ;;
+    # Ablations, in-process, no HF: the Triton kernels without CUDA graphs; plain torch.
+    eager8b) run 120 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf \
+               --cuda-graph-max-batch 0 --budget-s 80 --out "$OUT/llama8b_eager.jsonl" || rc=$? ;;
+    torch8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels torch \
+               --cuda-graph-max-batch 0 --budget-s 100 --out "$OUT/llama8b_torch.jsonl" || rc=$? ;;
     # Orca in-process with the Triton attention backend (offline trace and batch 1, no HF).
     triton8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels triton \
                 --budget-s 100 --out "$OUT/llama8b_triton.jsonl" $EXTRA || rc=$? ;;

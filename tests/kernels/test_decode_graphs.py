@@ -42,6 +42,7 @@ def test_decode_steps_through_graphs_equal_transformers(tmp_path, arch):
         kernels="triton",
         device=DEVICE,
         block_size=4,
+        num_kv_blocks=512,  # on a GPU the default pool would take most of its memory
         cuda_graph_max_batch=0,
     )
     runner = llm.executor.runner
