@@ -49,7 +49,14 @@ def kernel_calls(monkeypatch):
 )
 def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
     path, model = llama
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS, **regime)
+    llm = LLM(
+        model=str(path),
+        dtype="float32",
+        kernels="triton",
+        device=DEVICE,
+        num_kv_blocks=KV_BLOCKS,
+        **regime,
+    )
     prompts = random_prompts((5, 17, 1, 9), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -59,7 +66,14 @@ def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
 
 def test_triton_prefix_cache_hit(llama, kernel_calls):
     path, model = llama
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS, block_size=4)
+    llm = LLM(
+        model=str(path),
+        dtype="float32",
+        kernels="triton",
+        device=DEVICE,
+        num_kv_blocks=KV_BLOCKS,
+        block_size=4,
+    )
     shared = random_prompts((12,), model.config.vocab_size, seed=1)[0]
     tails = random_prompts((3, 1), model.config.vocab_size, seed=2)
     prompts = [shared + tail for tail in tails]
@@ -82,7 +96,9 @@ def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
     """The kernels have no window: a windowed model runs the torch backend and stays exact."""
     path = make_tiny_checkpoint("mistral", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS)
+    llm = LLM(
+        model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS
+    )
     prompts = random_prompts((30, 7), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -96,32 +112,15 @@ def test_fused_layers_equal_transformers(tmp_path, arch):
     here): every family's greedy tokens still equal HF's, decode steps included."""
     path = make_tiny_checkpoint(arch, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS)
+    llm = LLM(
+        model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS
+    )
     switched = [m for m in llm.executor.runner.model.modules() if getattr(m, "fused", False)]
     assert switched, "no layer uses the fused kernels"
     prompts = random_prompts((11, 3, 6), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
-
-
-def test_decode_steps_use_the_decode_kernel(llama, monkeypatch):
-    """A step whose sequences all bring one token goes to paged_decode_attention."""
-    path, model = llama
-    calls = []
-    real = triton_attention.paged_decode_attention
-
-    def counted(*args, **kwargs):
-        calls.append(args[0].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(triton_attention, "paged_decode_attention", counted)
-    llm = LLM(model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS)
-    prompts = random_prompts((4, 9), model.config.vocab_size, seed=3)
-    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
-    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
-    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
-    assert 2 in calls  # both sequences decoding together
 
 
 def test_auto_kernels_resolve_by_device():

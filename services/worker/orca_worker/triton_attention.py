@@ -1,9 +1,10 @@
 """Paged attention through the Triton kernels of `orca_kernels` (opt in: kernels="triton").
 
-One `store_kv` launch writes the step's new K/V; one attention launch attends every sequence
-of the step: `paged_decode_attention` (split-K over long contexts) when every sequence brings
-one token, else `paged_prefill_attention`, which serves prefill chunks and one-token decodes
-alike (a decode is a prefill row of length one). The kernels have no sliding window, so windowed layers, and tensors the
+One `store_kv` launch writes the step's new K/V; one `paged_prefill_attention` launch attends
+every sequence of the step, prefill chunks and one-token decodes alike (a decode is a prefill
+row of length one). Decode-only steps also take it: on an H100 it beat
+`paged_decode_attention` (whose dot products run on CUDA cores, not tensor cores) by about
+2x in whole-trace throughput (docs/benchmarks.md). The kernels have no sliding window, so windowed layers, and tensors the
 kernels should not handle here (see `orca_kernels.dispatch.use_triton`: CPU tensors outside
 the interpreter tests), go to the torch reference backend.
 """
@@ -14,7 +15,7 @@ import torch
 
 from orca_kernels.dispatch import use_triton
 from orca_kernels.kv_store import store_kv
-from orca_kernels.paged_attention import paged_decode_attention, paged_prefill_attention
+from orca_kernels.paged_attention import paged_prefill_attention
 from orca_worker.attention import AttentionMetadata, TorchAttentionBackend
 
 
@@ -40,10 +41,6 @@ class TritonAttentionBackend:
         if sliding_window is not None or not use_triton(q):
             return self.fallback.forward(q, k, v, k_cache, v_cache, meta, scale, sliding_window)
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        if q.shape[0] == meta.num_seqs:  # every sequence brings one token: a decode step
-            return paged_decode_attention(
-                q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale
-            )
         return paged_prefill_attention(
             q,
             k_cache,
