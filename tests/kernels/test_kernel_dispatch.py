@@ -14,6 +14,7 @@ def test_cpu_default_is_reference(monkeypatch):
 
 
 def test_force_needs_interpreter_and_is_read_at_call_time(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # set by conftest on the CPU, not on a GPU
     monkeypatch.setenv("ORCA_KERNELS_FORCE_TRITON", "1")
     assert use_triton(torch.zeros(2, device="cpu"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
