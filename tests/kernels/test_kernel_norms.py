@@ -68,4 +68,4 @@ def test_references_match_plain_formulas():
 
 def test_cpu_uses_reference_without_force(monkeypatch):
     monkeypatch.delenv("ORCA_KERNELS_FORCE_TRITON")
-    assert not use_triton(torch.zeros(1))
+    assert not use_triton(torch.zeros(1, device="cpu"))
