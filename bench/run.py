@@ -9,6 +9,9 @@ Phases, in order (each can be skipped, each failure is recorded and the run goes
   hf_cb      HF continuous batching (init_continuous_batching), same shape, random weights
   hf_b1      HF batch-1 decode
   hf_static  HF static batching (request-level, bs 32: the paper's baseline)
+With --rates (bench/online.py), Poisson arrivals at each rate, --n-per-rate requests each:
+  orca_online  Orca in-process (LLM.add_request / LLM.step), after orca_b1
+  hf_online    HF continuous batching, after hf_cb
 With --stack, between the Orca and the HF phases (bench/stack_bench.py):
   stack         the trace through the full stack (orca serve's processes), OpenAI HTTP
   stack_stream  the same requests streaming (first ids moved: no prefix-cache hits)
@@ -35,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import orca_bench, peers_hf, stack_bench
+from bench import online, orca_bench, peers_hf, stack_bench
 from bench.common import (
     Recorder,
     env_info,
@@ -47,11 +50,15 @@ from bench.common import (
 from bench.shapes import SHAPES, max_model_len, param_count, vocab_size, weight_bytes, write_config
 from bench.trace import trace, trace_stats
 
-PHASES = ("ceil", "orca", "orca_b1", "stack", "stack_stream", "hf_cb", "hf_b1", "hf_static")
+PHASES = (
+    "ceil", "orca", "orca_b1", "orca_online", "stack", "stack_stream",
+    "hf_cb", "hf_online", "hf_b1", "hf_static",
+)  # fmt: skip
 STACK_PHASES = ("stack", "stack_stream")
 SKIP_GROUPS = {
     "b1": ("orca_b1", "hf_b1"),
-    "hf": ("hf_b1", "hf_static", "hf_cb"),
+    "hf": ("hf_b1", "hf_static", "hf_cb", "hf_online"),
+    "online": ("orca_online", "hf_online"),
     "stack": STACK_PHASES,
 }
 # bench/stack_bench.py: run.py with the stack on and these phases skipped by default.
@@ -148,6 +155,19 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     )
     hf = ap.add_argument_group("HF peers")
     hf.add_argument("--bs", type=int, default=32, help="HF static batch size")
+    on = ap.add_argument_group("online sweep (bench/online.py)")
+    on.add_argument(
+        "--rates",
+        default="",
+        help="comma-separated Poisson rates (req/s); empty: no online phases",
+    )
+    on.add_argument("--n-per-rate", type=int, default=96, help="requests per rate")
+    on.add_argument(
+        "--slo-ms",
+        type=float,
+        default=50.0,
+        help="median normalized latency bound (ms/token) for the best rate within it",
+    )
     hf.add_argument("--hf-cb-timeout", type=float, default=180, help="seconds")
     ap.add_argument(
         "--budget-s",
@@ -171,6 +191,12 @@ def parse_args(argv: list[str] | None = None, stack_mode: bool = False) -> argpa
             skip |= set(members)
     if not args.stack:
         skip |= set(STACK_PHASES)
+    try:
+        args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--rates takes numbers, got {args.rates!r}")
+    if not args.rates:
+        skip |= {"orca_online", "hf_online"}
     args.skip = skip
     return args
 
@@ -268,7 +294,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
         engine["warmup_s"] = orca_bench.warm_up(llm, vocab)
         return engine
 
-    if "orca" in runner.skip and "orca_b1" in runner.skip:
+    if {"orca", "orca_b1", "orca_online"} <= runner.skip:
         return
     if runner.phase("orca_init", init) is None:
         return
@@ -283,6 +309,13 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             copy_gbps,
         ),
     )
+    runner.phase(
+        "orca_online",
+        lambda: online_result(
+            online.orca_online_sweep(holder["llm"], requests, args.rates, args.n_per_rate, device),
+            args.slo_ms,
+        ),
+    )
     orca_bench.shutdown(holder["llm"])
     holder.clear()
 
@@ -291,7 +324,7 @@ def run_hf(args: argparse.Namespace, runner: Runner, model_dir: str, requests, d
     """The HF phases on a random-weight model of the same shape; released before returning."""
     rec = runner.rec
     copy_gbps = rec.results.get("ceil", {}).get("copy_GBps")
-    if {"hf_b1", "hf_static", "hf_cb"} <= runner.skip:
+    if {"hf_b1", "hf_static", "hf_cb", "hf_online"} <= runner.skip:
         return
     holder: dict[str, Any] = {}
 
@@ -309,6 +342,13 @@ def run_hf(args: argparse.Namespace, runner: Runner, model_dir: str, requests, d
         lambda: peers_hf.continuous_batching(holder["model"], requests, device, args.hf_cb_timeout),
     )
     runner.phase(
+        "hf_online",
+        lambda: online_result(
+            online.hf_online_sweep(holder["model"], requests, device, args.rates, args.n_per_rate),
+            args.slo_ms,
+        ),
+    )
+    runner.phase(
         "hf_b1",
         lambda: with_mbu(
             peers_hf.batch1_decode(holder["model"], device, vocab),
@@ -321,6 +361,45 @@ def run_hf(args: argparse.Namespace, runner: Runner, model_dir: str, requests, d
         "hf_static", lambda: peers_hf.static_batching(holder["model"], requests, args.bs, device)
     )
     holder.clear()
+
+
+def online_result(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
+    """An online phase's record: every rate's row and the best rate within the SLO."""
+    return {
+        "slo_ms": slo_ms,
+        "max_rate_within_slo": online.max_rate_within(rows, slo_ms),
+        "rows": rows,
+    }
+
+
+def online_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per offered rate, Orca's and HF's median / p99 normalized latency and
+    achieved rate, then the best rate of each within the SLO and their ratio."""
+    orca, hf = results.get("orca_online", {}), results.get("hf_online", {})
+    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
+    for name, phase in (("orca", orca), ("hf", hf)):
+        for row in phase.get("rows", []):
+            by_rate.setdefault(row["rate"], {})[name] = row
+    slo = orca.get("slo_ms") or hf.get("slo_ms")
+    lines = [
+        "| offered req/s | Orca median / p99 ms/token | Orca TTFT p50 ms | Orca achieved req/s "
+        "| HF CB median / p99 ms/token | HF achieved req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rate in sorted(by_rate):
+        o, h = by_rate[rate].get("orca", {}), by_rate[rate].get("hf", {})
+        lines.append(
+            f"| {_fmt(rate, 1)} | {_fmt(o.get('median_norm_ms'), 1)} / {_fmt(o.get('p99_norm_ms'), 1)} "
+            f"| {_fmt(o.get('ttft_p50_ms'), 1)} | {_fmt(o.get('achieved_req_s'))} "
+            f"| {_fmt(h.get('median_norm_ms'), 1)} / {_fmt(h.get('p99_norm_ms'), 1)} "
+            f"| {_fmt(h.get('achieved_req_s'))} |"
+        )
+    best_o, best_h = orca.get("max_rate_within_slo"), hf.get("max_rate_within_slo")
+    lines.append(
+        f"\nHighest rate with median normalized latency ≤ {_fmt(slo, 0)} ms/token: Orca "
+        f"{_fmt(best_o, 1)}, HF CB {_fmt(best_h, 1)} req/s ({_ratio(best_o, best_h)})."
+    )
+    return "\n".join(lines)
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -425,6 +504,8 @@ def main(argv: list[str] | None = None, stack_mode: bool = False) -> int:
     tables = []
     if not (stack and {"orca_b1", "hf_cb", "hf_b1", "hf_static"} <= args.skip):
         tables.append(summary_table(rec.results, args.shape, args.n, args.dtype, args.bs))
+    if args.rates:
+        tables.append(online_table(rec.results))
     if stack:
         tables.append(stack_bench.stack_table(rec.results, args.shape, args.n))
     print("\n" + "\n\n".join(tables) + "\n", flush=True)

@@ -16,6 +16,10 @@ class InProcessExecutor:
         """Run one plan to completion on this process's device."""
         return self.runner.execute(plan)
 
+    def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
+        """`submit`, for callers with no event loop (LLM.step)."""
+        return self.runner.execute(plan)
+
     def info(self) -> worker_pb2.WorkerInfo:
         """The runner's WorkerInfo (model, KV pool, max length, EOS ids)."""
         return self.runner.info()

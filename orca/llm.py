@@ -16,9 +16,9 @@ from orca.in_process_executor import InProcessExecutor
 from orca.sampling_params import SamplingParams
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.core.config import SchedulerConfig
+from orca_scheduler.core.outputs import SequenceUpdate
 from orca_scheduler.core.request import Request
 from orca_scheduler.core.scheduler import Scheduler
-from orca_scheduler.executor import Executor
 from orca_worker.runner import RunnerConfig
 
 
@@ -62,7 +62,7 @@ class LLM:
         cuda_graph_max_batch: int = 256,
     ) -> None:
         self.model_dir = Path(model)
-        self.executor: Executor = InProcessExecutor(
+        self.executor = InProcessExecutor(
             RunnerConfig(
                 model_dir=str(model),
                 dtype=dtype,
@@ -122,6 +122,32 @@ class LLM:
             if self.tokenizer is not None:
                 out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
         return [outputs[r.request_id] for r in requests]
+
+    def add_request(
+        self, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None = None
+    ) -> str:
+        """Queue one request (token ids) for `step` to serve; returns its request id.
+        InvalidPromptError or ValueError for a request the engine cannot take."""
+        (token_ids,) = self._encode(None, [prompt_token_ids])
+        request = self._make_request(token_ids, sampling_params or SamplingParams())
+        self.scheduler.validate_request(request)
+        self.scheduler.add_request(request)
+        return request.request_id
+
+    def has_unfinished(self) -> bool:
+        """Whether any added request is still waiting or running."""
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[SequenceUpdate]:
+        """Run one iteration over the requests added so far (none: nothing to run) and
+        return what each request in it gained; with `add_request`, this serves requests
+        that arrive over time (an online loop), as the services' scheduler does."""
+        if not self.scheduler.has_unfinished():
+            return []
+        plan = self.scheduler.schedule()
+        if plan is None:
+            raise RuntimeError("scheduler has unfinished requests but produced no plan")
+        return self.scheduler.update(self.executor.execute(plan))
 
     async def _run_until_done(self, outputs: dict[str, RequestOutput]) -> None:
         """The iteration loop: schedule a plan, run it, fold its tokens into the outputs."""

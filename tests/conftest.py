@@ -1,10 +1,22 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder.
+
+On the CPU (CI) the Triton kernels run in Triton's interpreter: TRITON_INTERPRET is read when
+a kernel is decorated, that is when `orca_kernels` is first imported, by whichever test
+module comes first (the worker's layers import it), so it is set here, before any test
+module is collected. `ORCA_KERNEL_TEST_DEVICE=cuda` (tests/kernels/conftest.py) compiles
+them on the GPU instead.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from orca.embedded_redis import EmbeddedRedis
+if os.environ.get("ORCA_KERNEL_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from orca.embedded_redis import EmbeddedRedis  # noqa: E402
 
 
 @pytest.fixture(scope="session")

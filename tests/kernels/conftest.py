@@ -11,10 +11,7 @@ import torch
 
 DEVICE = os.environ.get("ORCA_KERNEL_TEST_DEVICE", "cpu")
 
-if DEVICE == "cpu":
-    # Set when pytest loads this file, before any test module imports triton: triton reads
-    # it when the kernels are decorated.
-    os.environ["TRITON_INTERPRET"] = "1"
+# On the CPU, tests/conftest.py has set TRITON_INTERPRET=1 before any kernel was imported.
 
 
 @pytest.fixture(autouse=True)
