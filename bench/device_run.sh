@@ -3,6 +3,7 @@
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
+#                                           online8b batching8b kvpolicy8b tune8b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -132,6 +133,26 @@ for part in "${PARTS[@]}"; do
                --cuda-graph-max-batch 0 --budget-s 80 --out "$OUT/llama8b_eager.jsonl" || rc=$? ;;
     torch8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels torch \
                --cuda-graph-max-batch 0 --budget-s 100 --out "$OUT/llama8b_torch.jsonl" || rc=$? ;;
+    # The online sweep (Poisson arrivals), Orca and HF CB; plot it with bench/plot_online.py.
+    online8b) run 420 python3 bench/run.py --shape llama8b --skip ceil,b1,hf_static,hf_b1 \
+                --rates 2,5,10,20,30,40,50,60 --n-per-rate 96 --budget-s 360 \
+                --out "$OUT/online_llama8b.jsonl" || rc=$? ;;
+    # The paper's ablations inside Orca: request-level batching; reserve vs paged KV on a
+    # pool too small for the whole trace (2048 blocks of 16 tokens).
+    batching8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,b1,hf \
+                  --batching request --out "$OUT/llama8b_request_level.jsonl" || rc=$? ;;
+    kvpolicy8b) for policy in paged reserve; do
+                  run 120 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,b1,hf \
+                    --kv-policy "$policy" --num-kv-blocks 2048 \
+                    --out "$OUT/llama8b_kv_${policy}.jsonl" || rc=$?
+                done ;;
+    # orca tune on the 8B shape (random weights) for a 50 ms/token budget.
+    tune8b) mkdir -p /tmp/tune8b && python3 -c "from bench.shapes import write_config; \
+              write_config('llama8b', '/tmp/tune8b')" && \
+            run 500 python3 -m orca.cli tune --model /tmp/tune8b --load-format random \
+              --device cuda --dtype bfloat16 --latency-budget-ms-per-token 50 \
+              --rates 10,20,30,40,50,60 --max-num-seqs 32,64,128,256 --n-per-rate 96 \
+              --write "$OUT/tuned_llama8b.json" || rc=$? ;;
     # Orca in-process with the Triton attention backend (offline trace and batch 1, no HF).
     triton8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels triton \
                 --budget-s 100 --out "$OUT/llama8b_triton.jsonl" $EXTRA || rc=$? ;;

@@ -68,6 +68,8 @@ def offline_trace(llm: Any, requests: list[TraceRequest], device: str) -> dict[s
         "out_tok_s": useful / seconds,
         "total_tok_s": (useful + sum(len(r.prompt_token_ids) for r in requests)) / seconds,
         "wrong_lengths": wrong,
+        # The largest batch the scheduler ran (warm-up included): how many requests fit.
+        "peak_running": getattr(getattr(llm, "scheduler", None), "peak_running", None),
     }
 
 

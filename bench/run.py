@@ -110,6 +110,12 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     )
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
     eng.add_argument(
+        "--batching",
+        default=None,
+        choices=["iteration", "request"],
+        help="request: the paper's request-level baseline inside Orca (ablation)",
+    )
+    eng.add_argument(
         "--kernels",
         default="auto",
         choices=["auto", "torch", "triton"],
@@ -280,6 +286,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             kv_policy=args.kv_policy,
+            batching=args.batching,
             kernels=args.kernels,
             cuda_graph_max_batch=args.cuda_graph_max_batch,
             kv_cache_memory_fraction=args.kv_cache_memory_fraction,

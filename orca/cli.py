@@ -1,4 +1,5 @@
-"""The `orca` command line: `orca demo-model DIR`, `orca serve --model DIR`, `orca generate --model DIR PROMPT...`."""
+"""The `orca` command line: `orca demo-model DIR`, `orca serve --model DIR`,
+`orca generate --model DIR PROMPT...`, `orca tune --model DIR --latency-budget-ms-per-token X`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8192,
         help="most tokens per iteration (default 8192)",
+    )
+    serve.add_argument(
+        "--scheduler-config",
+        default=None,
+        metavar="FILE",
+        help="JSON with max_num_seqs / max_num_batched_tokens (as orca tune --write makes); "
+        "overrides those flags",
     )
     serve.add_argument(
         "--kv-policy",
@@ -119,6 +127,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default 0)")
     gen.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
+
+    tune = sub.add_parser(
+        "tune",
+        help="choose max_num_seqs / max_num_batched_tokens for a latency budget",
+        description="Serve the paper's synthesized workload (prompts of 32-512 tokens, outputs "
+        "of 1-128, Poisson arrivals) in-process at each rate under each candidate setting, "
+        "and report the setting that sustains the highest rate whose median normalized "
+        "latency (latency / output tokens) stays within the budget.",
+    )
+    tune.add_argument("--model", required=True, help="HF-format checkpoint folder")
+    tune.add_argument(
+        "--latency-budget-ms-per-token",
+        type=float,
+        required=True,
+        help="the bound on the median normalized latency (ms per output token)",
+    )
+    tune.add_argument(
+        "--rates", default="1,2,4,8,16,32", help="Poisson rates to try, req/s (default 1,...,32)"
+    )
+    tune.add_argument(
+        "--max-num-seqs",
+        default="16,32,64,128,256",
+        help="candidate batch sizes (default 16,32,64,128,256)",
+    )
+    tune.add_argument(
+        "--max-num-batched-tokens",
+        default="8192",
+        help="candidate token budgets per iteration (default 8192)",
+    )
+    tune.add_argument("--n-per-rate", type=int, default=96, help="requests per rate (default 96)")
+    tune.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    tune.add_argument(
+        "--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default auto)"
+    )
+    tune.add_argument(
+        "--load-format",
+        choices=["safetensors", "random"],
+        default="safetensors",
+        help="random: random weights from config.json alone",
+    )
+    tune.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    tune.add_argument(
+        "--write",
+        default=None,
+        metavar="FILE",
+        help="write the chosen setting as JSON, for orca serve --scheduler-config FILE",
+    )
     return parser
 
 
@@ -133,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "tune":
+        return _tune(args)
     return 2
 
 
@@ -145,7 +202,61 @@ def _serve(args: argparse.Namespace) -> int:
         "num_kv_blocks", "load_format", "kernels", "cuda_graph_max_batch", "log_dir", "tp",
         "pp", "pipelines",
     ]  # fmt: skip
-    return serve(ServeConfig(**{name: getattr(args, name) for name in names}))
+    values = {name: getattr(args, name) for name in names}
+    if args.scheduler_config:
+        from orca.tune import read_scheduler_config
+
+        try:
+            values.update(read_scheduler_config(args.scheduler_config))
+        except ValueError as exc:
+            print(f"orca serve: {exc}", file=sys.stderr)
+            return 2
+    return serve(ServeConfig(**values))
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"orca tune: {flag} takes positive integers, got {text!r}")
+    return values
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from orca import LLM
+    from orca.tune import candidate_settings, format_table, tune, write_scheduler_config
+    from orca.workload import trace
+
+    try:
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        print(f"orca tune: --rates takes positive numbers, got {args.rates!r}", file=sys.stderr)
+        return 2
+    settings = candidate_settings(
+        _int_list(args.max_num_seqs, "--max-num-seqs"),
+        _int_list(args.max_num_batched_tokens, "--max-num-batched-tokens"),
+    )
+    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, load_format=args.load_format)
+    requests = trace(args.n_per_rate, llm.worker_info.vocab_size, seed=args.seed)
+    budget = args.latency_budget_ms_per_token
+
+    def report(result) -> None:
+        print(f"{result.setting}: best rate within budget {result.best_rate}", flush=True)
+
+    results, best = tune(llm, requests, settings, rates, budget, on_result=report)
+    print("\n" + format_table(results, budget) + "\n")
+    if best is None:
+        print(f"no setting kept the median under {budget:g} ms/token at any rate tried")
+        return 1
+    print(f"chosen: {best.setting} ({best.best_rate:g} req/s within {budget:g} ms/token)")
+    if args.write:
+        write_scheduler_config(args.write, best.setting)
+        print(f"wrote {args.write}")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

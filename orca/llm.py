@@ -7,10 +7,12 @@ through the Executor interface: one plan per model iteration, iteration-level ba
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orca.in_process_executor import InProcessExecutor
 from orca.sampling_params import SamplingParams
@@ -60,6 +62,7 @@ class LLM:
         seed: int = 0,
         kernels: str = "auto",
         cuda_graph_max_batch: int = 256,
+        batching: str = "iteration",
     ) -> None:
         self.model_dir = Path(model)
         self.executor = InProcessExecutor(
@@ -87,6 +90,7 @@ class LLM:
                 max_model_len=info.max_model_len,
                 kv_policy=kv_policy,
                 enable_prefix_caching=enable_prefix_caching,
+                batching=batching,
             ),
             eos_token_ids=list(info.eos_token_ids),
         )
@@ -122,6 +126,17 @@ class LLM:
             if self.tokenizer is not None:
                 out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
         return [outputs[r.request_id] for r in requests]
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Replace the scheduler by one with `changes` to its SchedulerConfig (batch limits,
+        policies) over the same KV pool; only between runs (ValueError while requests are
+        unfinished). Sequences the workers still hold are released first."""
+        if self.scheduler.has_unfinished():
+            raise ValueError("reconfigure needs an idle engine: requests are unfinished")
+        while (plan := self.scheduler.schedule()) is not None:  # release-only plans
+            self.scheduler.update(self.executor.execute(plan))
+        config = dataclasses.replace(self.scheduler.config, **changes)
+        self.scheduler = Scheduler(config, eos_token_ids=self.scheduler.eos_token_ids)
 
     def add_request(
         self, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None = None

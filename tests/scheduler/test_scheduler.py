@@ -40,6 +40,7 @@ def step_sizes(plan) -> dict[str, int]:
         ({"max_num_batched_tokens": 0}, "max_num_batched_tokens"),
         ({"pipeline_depth": 0}, "pipeline_depth"),
         ({"kv_policy": "greedy"}, "kv_policy"),
+        ({"batching": "token"}, "batching"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -100,6 +101,27 @@ def test_chunked_prefill_mixes_with_decodes():
     assert [[s.seq_id for s in p.steps] for p in plans] == [["short", "long"]] * 4
     assert [p.steps[1].sample for p in plans] == [False, False, False, True]
     assert len(h.outputs["short"]) == 4 and len(h.outputs["long"]) == 1
+
+
+def test_request_level_batching_waits_for_the_whole_batch():
+    """The paper's baseline: no request joins a running batch, even when one of its requests
+    has finished and left room; the next batch forms once the last one is done."""
+    for batching, joins_early in (("request", False), ("iteration", True)):
+        h = Harness(config(max_num_seqs=2, batching=batching))
+        h.add(
+            make_request("short", 3, max_tokens=1),
+            make_request("long", 3, max_tokens=6),
+            make_request("next", 3, max_tokens=2),
+        )
+        while "long" not in h.reasons:
+            plan = h.step()
+            if "next" in step_sizes(plan):
+                break
+        assert ("long" not in h.reasons) is joins_early, batching
+        h.run()
+        assert set(h.reasons) == {"short", "long", "next"}
+        assert h.sched.peak_running == 2
+        assert (h.outputs["next"], h.reasons["next"]) == reference_output([1, 2, 3], 2, 256)
 
 
 def test_max_num_seqs_limits_the_batch():

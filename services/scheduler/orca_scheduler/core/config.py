@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 KvPolicy = Literal["paged", "reserve"]
+Batching = Literal["iteration", "request"]
 
 
 @dataclass
@@ -26,6 +27,10 @@ class SchedulerConfig:
     kv_policy: KvPolicy = "paged"
     enable_prefix_caching: bool = True
     pipeline_depth: int = 1  # most plans in flight at once (the number of pipeline stages)
+    # "iteration" (Orca's): requests join and leave the batch at every step. "request" (the
+    # paper's baseline, for ablations): a batch is formed in one step, when none is running,
+    # and no request joins until its last one has finished.
+    batching: Batching = "iteration"
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +48,10 @@ class SchedulerConfig:
             # One prompt token plus one generated token is the shortest useful sequence.
             raise ValueError(
                 f"SchedulerConfig.max_model_len must be >= 2, got {self.max_model_len}"
+            )
+        if self.batching not in ("iteration", "request"):
+            raise ValueError(
+                f"SchedulerConfig.batching must be 'iteration' or 'request', got {self.batching!r}"
             )
         if self.kv_policy not in ("paged", "reserve"):
             raise ValueError(

@@ -49,6 +49,7 @@ class Scheduler:
             config.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
         self.num_preemptions = 0
+        self.peak_running = 0  # most requests running at once so far (the largest batch)
         # Unfinished requests, plus aborted ones whose plan is still in flight.
         self._requests: dict[str, Request] = {}
         self._waiting = WaitingQueue()
@@ -206,8 +207,11 @@ class Scheduler:
         # Admit nothing in a step that ran short of blocks: running requests have the better
         # claim to them (and a preempted one must be released before it joins again).
         short_of_blocks |= self.num_preemptions > preemptions_before
+        # Request-level batching admits only into an empty batch.
+        batch_closed = self.config.batching == "request" and bool(self._running)
         while (
             not short_of_blocks
+            and not batch_closed
             and budget > 0
             and len(batch) < seq_cap
             and self._waiting
@@ -222,6 +226,7 @@ class Scheduler:
 
         if not batch and not self._plans.has_pending_releases:
             return None
+        self.peak_running = max(self.peak_running, len(self._running))
         plan = self._plans.build(batch)
         self._in_flight.append(_InFlightPlan(plan.step_id, batch))
         self._in_flight_ids.update(s.request.request_id for s in batch)
