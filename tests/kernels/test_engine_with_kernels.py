@@ -22,6 +22,18 @@ DEVICE = os.environ.get("ORCA_KERNEL_TEST_DEVICE", "cpu")
 KV_BLOCKS = 512
 
 
+def triton_llm(path, **kwargs) -> LLM:
+    """The engine on `path` with the Triton kernels (float32, on DEVICE, a small pool)."""
+    return LLM(
+        model=str(path),
+        dtype="float32",
+        kernels="triton",
+        device=DEVICE,
+        num_kv_blocks=KV_BLOCKS,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """(path, HF model) of the tiny random llama checkpoint."""
@@ -49,14 +61,7 @@ def kernel_calls(monkeypatch):
 )
 def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
     path, model = llama
-    llm = LLM(
-        model=str(path),
-        dtype="float32",
-        kernels="triton",
-        device=DEVICE,
-        num_kv_blocks=KV_BLOCKS,
-        **regime,
-    )
+    llm = triton_llm(path, **regime)
     prompts = random_prompts((5, 17, 1, 9), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -66,14 +71,7 @@ def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
 
 def test_triton_prefix_cache_hit(llama, kernel_calls):
     path, model = llama
-    llm = LLM(
-        model=str(path),
-        dtype="float32",
-        kernels="triton",
-        device=DEVICE,
-        num_kv_blocks=KV_BLOCKS,
-        block_size=4,
-    )
+    llm = triton_llm(path, block_size=4)
     shared = random_prompts((12,), model.config.vocab_size, seed=1)[0]
     tails = random_prompts((3, 1), model.config.vocab_size, seed=2)
     prompts = [shared + tail for tail in tails]
@@ -96,9 +94,7 @@ def test_sliding_window_falls_back_to_torch(tmp_path, kernel_calls):
     """The kernels have no window: a windowed model runs the torch backend and stays exact."""
     path = make_tiny_checkpoint("mistral", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    llm = LLM(
-        model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS
-    )
+    llm = triton_llm(path)
     prompts = random_prompts((30, 7), model.config.vocab_size)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -112,9 +108,7 @@ def test_fused_layers_equal_transformers(tmp_path, arch):
     here): every family's greedy tokens still equal HF's, decode steps included."""
     path = make_tiny_checkpoint(arch, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    llm = LLM(
-        model=str(path), dtype="float32", kernels="triton", device=DEVICE, num_kv_blocks=KV_BLOCKS
-    )
+    llm = triton_llm(path)
     switched = [m for m in llm.executor.runner.model.modules() if getattr(m, "fused", False)]
     assert switched, "no layer uses the fused kernels"
     prompts = random_prompts((11, 3, 6), model.config.vocab_size)
