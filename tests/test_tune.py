@@ -85,3 +85,10 @@ def test_orca_tune_rejects_bad_lists(tmp_path, capsys):
     with pytest.raises(SystemExit, match="max-num-seqs"):
         main(["tune", "--model", str(model), "--latency-budget-ms-per-token", "5",
               "--max-num-seqs", "a"])  # fmt: skip
+
+
+def test_serve_rejects_a_bad_scheduler_config(tmp_path, capsys):
+    bad = tmp_path / "sched.json"
+    bad.write_text('{"max_num_seqs": -1}')
+    assert main(["serve", "--model", str(tmp_path), "--scheduler-config", str(bad)]) == 2
+    assert "max_num_seqs must be a positive int" in capsys.readouterr().err
