@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orca_worker.attention import AttentionMetadata, TorchAttentionBackend
+from orca_worker.attention import AttentionMetadata, HostLayout, TorchAttentionBackend
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 24
@@ -49,7 +49,10 @@ def test_mixed_prefill_chunks_and_decodes(window, decode_chunk_tokens):
             k_cache[table[pos // BLOCK_SIZE], pos % BLOCK_SIZE] = k[pos]
             v_cache[table[pos // BLOCK_SIZE], pos % BLOCK_SIZE] = v[pos]
     positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens, strict=True)])
-    meta = AttentionMetadata.build(starts, lens, tables, positions, BLOCK_SIZE, torch.device("cpu"))
+    assert HostLayout.compute(starts, lens, tables, BLOCK_SIZE).positions.tolist() == (
+        positions.tolist()
+    )
+    meta = AttentionMetadata.build(starts, lens, tables, BLOCK_SIZE, torch.device("cpu"))
     expected_slots = [
         t[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
         for t, s, n in zip(tables, starts, lens, strict=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,50 +44,113 @@ class AttentionMetadata:
         return len(self.query_lens_host)
 
     @classmethod
+    def from_layout(
+        cls,
+        layout: HostLayout,
+        block_size: int,
+        int64: tuple[torch.Tensor, ...],
+        int32: tuple[torch.Tensor, ...],
+    ) -> AttentionMetadata:
+        """The metadata of `layout`, given its arrays already on the device:
+        `int64` = (slot_mapping, decode_seqs, decode_rows) and
+        `int32` = (query_start, context_lens, block_tables), as `HostLayout.int64_arrays`
+        and `int32_arrays` order them."""
+        slot_mapping, decode_seqs, decode_rows = int64
+        query_start, context_lens, block_tables = int32
+        return cls(
+            slot_mapping=slot_mapping,
+            query_start=query_start,
+            context_lens=context_lens,
+            block_tables=block_tables,
+            block_size=block_size,
+            query_start_host=layout.query_start.tolist(),
+            query_lens_host=layout.query_lens.tolist(),
+            context_lens_host=layout.context_lens.tolist(),
+            decode_seqs_host=layout.decode_seqs.tolist(),
+            decode_seqs=decode_seqs,
+            decode_rows=decode_rows,
+        )
+
+    @classmethod
     def build(
         cls,
         start_positions: list[int],
         query_lens: list[int],
         block_tables: list[list[int]],
-        positions: torch.Tensor,
         block_size: int,
         device: torch.device,
     ) -> AttentionMetadata:
-        """Build the metadata of one step; `positions` is the packed [num_tokens] tensor."""
-        context_lens = [s + n for s, n in zip(start_positions, query_lens, strict=True)]
-        query_start = [0]
-        for n in query_lens:
-            query_start.append(query_start[-1] + n)
+        """Build the metadata of one step on `device` (host layout, then its upload)."""
+        from orca_worker.host_staging import HostStaging
+
+        layout = HostLayout.compute(start_positions, query_lens, block_tables, block_size)
+        staging = HostStaging(device)
+        return cls.from_layout(
+            layout,
+            block_size,
+            tuple(staging.upload(layout.int64_arrays())),
+            tuple(staging.upload(layout.int32_arrays())),
+        )
+
+
+@dataclass
+class HostLayout:
+    """How one step's packed tokens split into sequences, computed on the host (numpy):
+    everything the metadata holds, before one upload per dtype."""
+
+    query_lens: np.ndarray  # int64 [S]
+    positions: np.ndarray  # int64 [T]: each token's position in its sequence
+    slot_mapping: np.ndarray  # int64 [T]: flat KV slot of each token
+    query_start: np.ndarray  # int32 [S + 1]
+    context_lens: np.ndarray  # int32 [S]
+    block_tables: np.ndarray  # int32 [S, max blocks], zero-padded
+    decode_seqs: np.ndarray  # int64: sequences with one new token
+    decode_rows: np.ndarray  # int64: their tokens' rows
+
+    @classmethod
+    def compute(
+        cls,
+        start_positions: list[int],
+        query_lens: list[int],
+        block_tables: list[list[int]],
+        block_size: int,
+    ) -> HostLayout:
+        """The layout of a step: sequence i brings query_lens[i] tokens from position
+        start_positions[i], its KV in blocks block_tables[i] (position order)."""
+        lens = np.asarray(query_lens, dtype=np.int64)
+        starts = np.asarray(start_positions, dtype=np.int64)
+        context = starts + lens
+        blocks_needed = -(-context // block_size)
         # Only the blocks that hold the context; kernels never read past context_len.
-        width = max(-(-c // block_size) for c in context_lens)
-        table_rows = [
-            t[: -(-c // block_size)] for t, c in zip(block_tables, context_lens, strict=True)
-        ]
-        padded = [row + [0] * (width - len(row)) for row in table_rows]
-        tables = torch.tensor(padded, dtype=torch.int32, device=device)
-        seq_of_token = torch.repeat_interleave(
-            torch.arange(len(query_lens), device=device),
-            torch.tensor(query_lens, device=device),
-            output_size=positions.numel(),  # known on the host: no device sync
+        tables = np.zeros((len(lens), int(blocks_needed.max())), dtype=np.int32)
+        for i, (table, n) in enumerate(zip(block_tables, blocks_needed.tolist(), strict=True)):
+            tables[i, :n] = table[:n]
+        query_start = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=query_start[1:])
+        seq_of_token = np.repeat(np.arange(len(lens)), lens)
+        positions = (
+            np.arange(int(query_start[-1])) - query_start[seq_of_token] + starts[seq_of_token]
         )
-        block_of_token = tables[seq_of_token, positions // block_size].long()
-        slot_mapping = block_of_token * block_size + positions % block_size
-        decodes = [i for i, n in enumerate(query_lens) if n == 1]
+        slots = tables[seq_of_token, positions // block_size].astype(np.int64) * block_size
+        decodes = np.flatnonzero(lens == 1)
         return cls(
-            slot_mapping=slot_mapping,
-            query_start=torch.tensor(query_start, dtype=torch.int32, device=device),
-            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
+            query_lens=lens,
+            positions=positions,
+            slot_mapping=slots + positions % block_size,
+            query_start=query_start.astype(np.int32),
+            context_lens=context.astype(np.int32),
             block_tables=tables,
-            block_size=block_size,
-            query_start_host=query_start,
-            query_lens_host=list(query_lens),
-            context_lens_host=context_lens,
-            decode_seqs_host=decodes,
-            decode_seqs=torch.tensor(decodes, dtype=torch.long, device=device),
-            decode_rows=torch.tensor(
-                [query_start[i] for i in decodes], dtype=torch.long, device=device
-            ),
+            decode_seqs=decodes.astype(np.int64),
+            decode_rows=query_start[decodes],
         )
+
+    def int64_arrays(self) -> list[np.ndarray]:
+        """(slot_mapping, decode_seqs, decode_rows): the int64 metadata arrays."""
+        return [self.slot_mapping, self.decode_seqs, self.decode_rows]
+
+    def int32_arrays(self) -> list[np.ndarray]:
+        """(query_start, context_lens, block_tables): the int32 metadata arrays."""
+        return [self.query_start, self.context_lens, self.block_tables]
 
 
 class AttentionBackend(Protocol):

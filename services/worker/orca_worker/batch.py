@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from orca_proto.v1 import worker_pb2
-from orca_worker.attention import AttentionMetadata
+from orca_worker.attention import AttentionMetadata, HostLayout
 from orca_worker.errors import InvalidPlanError
+from orca_worker.host_staging import HostStaging
 from orca_worker.sampler import SequenceSamplingState
 
 
@@ -56,8 +58,11 @@ def prepare_batch(
     seqs: dict[str, SequenceState],
     limits: BatchLimits,
     device: torch.device,
+    staging: HostStaging | None = None,
 ) -> PreparedBatch:
-    """Validate `plan` against `seqs` (unchanged) and build the step's inputs."""
+    """Validate `plan` against `seqs` (unchanged) and build the step's inputs: computed on
+    the host, then moved to `device` in one copy per dtype through `staging` (the runner
+    keeps one, so its pinned buffers are reused; None: a fresh one)."""
     added = _stage_new_seqs(plan, seqs, limits)
     released = list(dict.fromkeys(plan.released_seq_ids))
     # The table the steps see: existing and new sequences, minus those released now.
@@ -66,7 +71,6 @@ def prepare_batch(
         visible.pop(seq_id, None)
 
     input_ids: list[int] = []
-    positions: list[int] = []
     starts, lens, tables = [], [], []
     sample_rows: list[int] = []
     sampled_ids: list[str] = []
@@ -82,7 +86,6 @@ def prepare_batch(
         block_tables[step.seq_id] = table
         n = len(step.token_ids)
         input_ids.extend(step.token_ids)
-        positions.extend(range(step.start_position, step.start_position + n))
         starts.append(step.start_position)
         lens.append(n)
         tables.append(table)
@@ -98,12 +101,21 @@ def prepare_batch(
         block_tables=block_tables,
     )
     if input_ids:
-        batch.input_ids = torch.tensor(input_ids, dtype=torch.long, device=device)
-        batch.positions = torch.tensor(positions, dtype=torch.long, device=device)
-        batch.meta = AttentionMetadata.build(
-            starts, lens, tables, batch.positions, limits.block_size, device
+        layout = HostLayout.compute(starts, lens, tables, limits.block_size)
+        staging = staging or HostStaging(device)
+        ids, positions, samples, *meta64 = staging.upload(
+            [
+                np.asarray(input_ids, dtype=np.int64),
+                layout.positions,
+                np.asarray(sample_rows, dtype=np.int64),
+                *layout.int64_arrays(),
+            ]
         )
-        batch.sample_indices = torch.tensor(sample_rows, dtype=torch.long, device=device)
+        meta32 = staging.upload(layout.int32_arrays())
+        batch.input_ids, batch.positions, batch.sample_indices = ids, positions, samples
+        batch.meta = AttentionMetadata.from_layout(
+            layout, limits.block_size, tuple(meta64), tuple(meta32)
+        )
     return batch
 
 

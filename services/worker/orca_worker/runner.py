@@ -16,6 +16,7 @@ from orca_worker.batch import BatchLimits, PreparedBatch, SequenceState, commit,
 from orca_worker.config import DTYPE_NAMES, load_model_config, parse_token_ids
 from orca_worker.cuda_graphs import DecodeGraphs
 from orca_worker.errors import InvalidPlanError, ModelLoadError
+from orca_worker.host_staging import HostStaging
 from orca_worker.kv_cache import KVCachePool, attention_layers, bind_kv_cache, plan_num_blocks
 from orca_worker.models.layers import use_fused_kernels
 from orca_worker.parallel.distributed import ParallelComm
@@ -116,6 +117,7 @@ class ModelRunner:
             mc.vocab_size, mc.max_position_embeddings, num_blocks, config.block_size
         )
         self.sampler = Sampler(seed=config.seed)
+        self.staging = HostStaging(self.device)  # pinned buffers for the steps' inputs
         self.seqs: dict[str, SequenceState] = {}
         log.info(
             "model_loaded model=%s arch=%s dtype=%s device=%s pipeline=%d stage=%d tp_rank=%d "
@@ -188,7 +190,7 @@ class ModelRunner:
         batch, error = None, refusal if self.place.is_first_stage else None
         if error is None:
             try:
-                batch = prepare_batch(plan, self.seqs, self.limits, self.device)
+                batch = prepare_batch(plan, self.seqs, self.limits, self.device, self.staging)
             except InvalidPlanError as exc:
                 error = f"invalid plan: {exc}"
             except Exception as exc:  # still this worker's own verdict: no collective yet
