@@ -3,7 +3,7 @@
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
-#                                           online8b batching8b kvpolicy8b tune8b
+#                                           online8b batching8b kvpolicy8b tune8b stackoverlap
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -121,6 +121,8 @@ for part in "${PARTS[@]}"; do
     # Orca in-process, then the full stack (orca serve's processes, OpenAI HTTP), same GPU.
     stack) stack 300 llama8b ;;
     stack1b) stack 200 llama1b ;;
+    # The same with overlapped scheduling (in-process and stack).
+    stackoverlap) stack 300 llama8b _overlap --overlap ;;
     stacktiny) stack 120 tiny ;;
     # The kernel tests compiled on the GPU (no interpreter), and the engine vs HF on cuda.
     kernels) ORCA_KERNEL_TEST_DEVICE=cuda run 300 python3 -m pytest -q -x -p no:cacheprovider \

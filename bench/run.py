@@ -110,6 +110,11 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     )
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
     eng.add_argument(
+        "--overlap",
+        action="store_true",
+        help="overlapped scheduling (LLM(overlap=True); orca serve --overlap for the stack)",
+    )
+    eng.add_argument(
         "--batching",
         default=None,
         choices=["iteration", "request"],
@@ -287,6 +292,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             num_kv_blocks=num_kv_blocks,
             kv_policy=args.kv_policy,
             batching=args.batching,
+            overlap=args.overlap or None,
             kernels=args.kernels,
             cuda_graph_max_batch=args.cuda_graph_max_batch,
             kv_cache_memory_fraction=args.kv_cache_memory_fraction,

@@ -515,6 +515,7 @@ def run_stack(
             kv_policy=args.kv_policy or "paged",
             kernels=args.kernels,
             cuda_graph_max_batch=args.cuda_graph_max_batch,
+            overlap=args.overlap,
             block_size=args.block_size,
             num_kv_blocks=num_kv_blocks,
             load_format="random",

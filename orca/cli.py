@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "triton kernels, tp = pp = 1); 0: every step eager (default 256)",
     )
     serve.add_argument(
+        "--overlap",
+        action="store_true",
+        help="overlapped scheduling: the scheduler sends the next plan while the current one "
+        "runs (tp = pp = 1 only)",
+    )
+    serve.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"
     )
     serve.add_argument("--pp", type=int, default=1, help="pipeline stages per pipeline (default 1)")
@@ -199,9 +205,12 @@ def _serve(args: argparse.Namespace) -> int:
     names = [
         "model", "host", "port", "grpc_port", "device", "dtype", "redis_url", "max_num_seqs",
         "max_num_batched_tokens", "kv_policy", "api_key", "served_model_name", "block_size",
-        "num_kv_blocks", "load_format", "kernels", "cuda_graph_max_batch", "log_dir", "tp",
-        "pp", "pipelines",
+        "num_kv_blocks", "load_format", "kernels", "cuda_graph_max_batch", "overlap",
+        "log_dir", "tp", "pp", "pipelines",
     ]  # fmt: skip
+    if args.overlap and (args.tp, args.pp) != (1, 1):
+        print("orca serve: --overlap needs --tp 1 --pp 1", file=sys.stderr)
+        return 2
     values = {name: getattr(args, name) for name in names}
     if args.scheduler_config:
         from orca.tune import read_scheduler_config

@@ -51,6 +51,8 @@ class ServeConfig:
     kernels: str = "auto"
     # Workers replay CUDA graphs for decode steps of up to this many sequences (0: off).
     cuda_graph_max_batch: int = 256
+    # Overlapped scheduling in the scheduler (tp = pp = 1 only).
+    overlap: bool = False
     tp: int = 1
     pp: int = 1
     pipelines: int = 1
@@ -162,6 +164,8 @@ class LocalStack:
                 "--consumer-name", "orca-scheduler-0"]  # fmt: skip
         if cfg.served_model_name:
             args += ["--served-model-name", cfg.served_model_name]
+        if cfg.overlap:
+            args.append("--overlap")
         if len(worker_addresses) > 1:
             args += ["--tp", str(cfg.tp), "--pp", str(cfg.pp), "--pipelines", str(cfg.pipelines)]
         return args

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class LLM:
         kernels: str = "auto",
         cuda_graph_max_batch: int = 256,
         batching: str = "iteration",
+        overlap: bool = False,
     ) -> None:
         self.model_dir = Path(model)
         self.executor = InProcessExecutor(
@@ -91,12 +93,14 @@ class LLM:
                 kv_policy=kv_policy,
                 enable_prefix_caching=enable_prefix_caching,
                 batching=batching,
+                overlap=overlap,
             ),
             eos_token_ids=list(info.eos_token_ids),
         )
         self.tokenizer = _load_tokenizer(self.model_dir)
         self._vocab_size = info.vocab_size
         self._ids = itertools.count()
+        self._pending: deque[worker_pb2.StepPlan] = deque()  # scheduled, not run yet
 
     def generate(
         self,
@@ -133,7 +137,9 @@ class LLM:
         unfinished). Sequences the workers still hold are released first."""
         if self.scheduler.has_unfinished():
             raise ValueError("reconfigure needs an idle engine: requests are unfinished")
-        while (plan := self.scheduler.schedule()) is not None:  # release-only plans
+        while self._pending or (plan := self.scheduler.schedule()) is not None:
+            if self._pending:  # a step run ahead of a stop, then release-only plans
+                plan = self._pending.popleft()
             self.scheduler.update(self.executor.execute(plan))
         config = dataclasses.replace(self.scheduler.config, **changes)
         self.scheduler = Scheduler(config, eos_token_ids=self.scheduler.eos_token_ids)
@@ -157,20 +163,24 @@ class LLM:
         """Run one iteration over the requests added so far (none: nothing to run) and
         return what each request in it gained; with `add_request`, this serves requests
         that arrive over time (an online loop), as the services' scheduler does."""
-        if not self.scheduler.has_unfinished():
+        if not self.scheduler.has_unfinished() and not self._pending:
             return []
-        plan = self.scheduler.schedule()
-        if plan is None:
+        return self.scheduler.update(self.executor.execute(self._next_plan()))
+
+    def _next_plan(self) -> worker_pb2.StepPlan:
+        """The oldest plan to run, after scheduling as many as the scheduler allows (one, or
+        two ahead with overlap: the second's decodes take the first's sampled tokens)."""
+        while (plan := self.scheduler.schedule()) is not None:
+            self._pending.append(plan)
+        if not self._pending:
             raise RuntimeError("scheduler has unfinished requests but produced no plan")
-        return self.scheduler.update(self.executor.execute(plan))
+        return self._pending.popleft()
 
     async def _run_until_done(self, outputs: dict[str, RequestOutput]) -> None:
-        """The iteration loop: schedule a plan, run it, fold its tokens into the outputs."""
-        while self.scheduler.has_unfinished():
-            plan = self.scheduler.schedule()
-            if plan is None:
-                raise RuntimeError("scheduler has unfinished requests but produced no plan")
-            result = await self.executor.submit(plan)
+        """The iteration loop: schedule plans (two ahead with overlap), run the oldest, fold
+        its tokens into the outputs."""
+        while self.scheduler.has_unfinished() or self._pending:
+            result = await self.executor.submit(self._next_plan())
             for update in self.scheduler.update(result):
                 out = outputs[update.request_id]
                 out.token_ids.extend(update.new_token_ids)

@@ -26,6 +26,14 @@ REGIMES = {
     "preemption": {"num_kv_blocks": 16, "block_size": 4},
     # The paper's policy: reserve prompt + max_tokens at admission.
     "reserve": {"kv_policy": "reserve"},
+    # Overlapped scheduling: decodes scheduled a plan ahead, fed the worker's last token.
+    "overlap": {"overlap": True},
+    "overlap_chunked_preemption": {
+        "overlap": True,
+        "max_num_batched_tokens": 8,
+        "num_kv_blocks": 16,
+        "block_size": 4,
+    },
 }
 
 

@@ -103,3 +103,31 @@ def test_parallel_stack_equals_single_process(
         assert reply["choices"][0]["text"] == text
     if pp > 1:
         assert "in_flight=2" in scheduler_log, "pp=2 must keep two plans in flight"
+
+
+def test_overlapped_stack_equals_single_process(checkpoints, expected, tmp_path):
+    """`orca serve --overlap`: the scheduler keeps two plans in flight on one worker (the
+    second's decodes fed the worker's last sampled token), and every text is unchanged."""
+    path = checkpoints["demo"]
+    config = ServeConfig(
+        model=str(path),
+        port=free_port(),
+        grpc_port=free_port(),
+        dtype="float32",
+        overlap=True,
+        ready_timeout_s=240,
+        log_dir=str(tmp_path / "logs"),
+    )
+    prompts, texts = expected["demo"]
+    with LocalStack(config) as stack:
+        replies = asyncio.run(_complete_all(stack.base_url, path.name, prompts))
+        scheduler_log = (stack.log_dir / "scheduler.log").read_text()
+    assert [r["choices"][0]["text"] for r in replies] == texts
+    assert "in_flight=2" in scheduler_log, "overlap must keep two plans in flight"
+
+
+def test_overlap_needs_single_worker_pipelines(capsys):
+    from orca.cli import main
+
+    assert main(["serve", "--model", "x", "--overlap", "--tp", "2"]) == 2
+    assert "--overlap needs --tp 1 --pp 1" in capsys.readouterr().err

@@ -110,6 +110,9 @@ class FakeWorker:
         assert all(0 <= b < self.num_blocks for b in seq.blocks)
         assert len(set(seq.blocks)) == len(seq.blocks), "block twice in one table"
         start, ids = step.start_position, list(step.token_ids)
+        if step.input_is_last_sampled:  # overlapped scheduling: the token sampled last step
+            assert len(ids) == 1 and start == len(seq.tokens) - 1, f"{step.seq_id}: bad lookahead"
+            ids = [seq.tokens[start]]
         end = start + len(ids)
         assert ids, "a step computes at least one token"
         assert ids == seq.tokens[start:end], f"{step.seq_id}: wrong input tokens"
@@ -129,7 +132,8 @@ class FakeWorker:
 
 
 class Harness:
-    """A scheduler driven against a FakeWorker, one plan in flight at a time."""
+    """A scheduler driven against a FakeWorker: one plan in flight at a time, or, with
+    `config.overlap`, the next plan scheduled before the current one has run."""
 
     def __init__(self, config, eos_token_ids=()) -> None:
         from orca_scheduler.core.scheduler import Scheduler
@@ -139,6 +143,7 @@ class Harness:
         self.outputs: dict[str, list[int]] = {}
         self.reasons: dict[str, str] = {}
         self.plans: list[worker_pb2.StepPlan] = []
+        self.pending: list[worker_pb2.StepPlan] = []  # scheduled, not run yet (overlap)
 
     def add(self, *requests: Request) -> None:
         """Add requests to the scheduler."""
@@ -155,12 +160,18 @@ class Harness:
                 self.reasons[update.request_id] = update.finish_reason
 
     def step(self) -> worker_pb2.StepPlan | None:
-        """Schedule, run and apply one plan (None when nothing was scheduled)."""
-        plan = self.sched.schedule()
+        """Schedule (as many plans as the scheduler gives), run and apply the oldest; None
+        when nothing was scheduled or pending."""
+        while (plan := self.sched.schedule()) is not None:
+            self.sched.check_invariants()
+            self.plans.append(plan)
+            self.pending.append(plan)
+            if not self.sched.config.overlap:
+                break
         self.sched.check_invariants()
-        if plan is None:
+        if not self.pending:
             return None
-        self.plans.append(plan)
+        plan = self.pending.pop(0)
         self.record(self.sched.update(self.worker.execute(plan)))
         self.sched.check_invariants()
         return plan

@@ -415,3 +415,54 @@ def test_pipeline_depth_spreads_requests_over_the_plans_in_flight():
     assert len(first.steps) == 3 and len(second.steps) == 3
     assert {s.seq_id for s in first.steps}.isdisjoint(s.seq_id for s in second.steps)
     assert scheduler.schedule() is None
+
+
+# ---- overlapped scheduling -------------------------------------------------------------
+
+
+def lookahead_ids(plan) -> list[str]:
+    return [s.seq_id for s in plan.steps if s.input_is_last_sampled]
+
+
+def test_overlap_schedules_decodes_ahead_and_keeps_every_token():
+    h = Harness(config(overlap=True, max_num_batched_tokens=16))
+    prompts = {"a": 5, "b": 30, "c": 2}  # b's prompt takes two chunks
+    h.add(*(make_request(rid, n, max_tokens=6) for rid, n in prompts.items()))
+    h.run()
+    for rid, n in prompts.items():
+        assert (h.outputs[rid], h.reasons[rid]) == reference_output(list(range(1, n + 1)), 6, 256)
+    assert any(lookahead_ids(p) for p in h.plans), "no decode was scheduled ahead"
+    # Never past max_tokens: a request's last token is never looked ahead of.
+    steps = [s for p in h.plans for s in p.steps if s.seq_id == "a" and s.sample]
+    assert len(steps) == 6
+    assert h.sched.num_in_flight == 0 and h.sched.kv_usage == 0
+
+
+def test_overlap_drops_the_token_after_an_unforeseen_stop():
+    prompt = [1, 2, 3]
+    stop = reference_output(prompt, 8, 256)[0][2]  # the third token stops the request
+    h = Harness(config(overlap=True))
+    h.add(make_request("s", prompt, max_tokens=8, stop_token_ids=frozenset({stop})))
+    h.run()
+    assert h.outputs["s"] == reference_output(prompt, 8, 256, frozenset({stop}))[0]
+    assert h.reasons["s"] == "stop" and len(h.outputs["s"]) == 3
+    sampled = sum(1 for p in h.plans for s in p.steps if s.seq_id == "s" and s.sample)
+    assert sampled == 4  # one step ran ahead of the stop; its token was dropped
+    assert h.sched.kv_usage == 0 and h.worker.seqs == {}
+
+
+def test_overlap_abort_with_two_plans_in_flight():
+    h = Harness(config(overlap=True))
+    h.add(make_request("x", 4, max_tokens=20), make_request("y", 4, max_tokens=5))
+    for _ in range(3):
+        h.step()
+    assert h.sched.num_in_flight == 1 and h.pending  # one run, one scheduled ahead
+    h.sched.abort_request("x")
+    h.run()
+    assert h.reasons["y"] == "length" and len(h.outputs["y"]) == 5
+    assert h.sched.kv_usage == 0 and h.worker.seqs == {}
+
+
+def test_overlap_needs_a_single_stage():
+    with pytest.raises(ValueError, match="overlap"):
+        config(overlap=True, pipeline_depth=2)

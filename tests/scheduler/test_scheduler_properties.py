@@ -38,6 +38,7 @@ class Spec:
 
 @st.composite
 def workloads(draw):
+    overlap = draw(st.booleans())
     config = SchedulerConfig(
         num_kv_blocks=draw(st.integers(1, 24)),
         max_model_len=draw(st.integers(2, 64)),
@@ -46,7 +47,8 @@ def workloads(draw):
         block_size=draw(st.sampled_from([1, 2, 4, 8])),
         kv_policy=draw(st.sampled_from(["paged", "reserve"])),
         enable_prefix_caching=draw(st.booleans()),
-        pipeline_depth=draw(st.integers(1, 3)),
+        pipeline_depth=1 if overlap else draw(st.integers(1, 3)),
+        overlap=overlap,
     )
     prefixes = draw(st.lists(st.lists(TOKENS, max_size=20), min_size=1, max_size=3)) + [[]]
     specs = []
@@ -110,7 +112,8 @@ class Simulation:
                 self.in_flight.append((plan, self.worker.execute(plan)))
             elif self.sched.has_unfinished():
                 assert self.in_flight, "requests wait but nothing is in flight or scheduled"
-            deliver = plan is None or len(self.in_flight) == self.config.pipeline_depth
+            depth = 2 if self.config.overlap else self.config.pipeline_depth
+            deliver = plan is None or len(self.in_flight) == depth
             if self.in_flight and (deliver or self.rnd.random() < 0.5):
                 _, result = self.in_flight.popleft()
                 for update in self.sched.update(result):
@@ -159,7 +162,14 @@ class Simulation:
         assert len(ids) <= cfg.max_num_seqs and self.sched.num_running <= cfg.max_num_seqs
         assert len(set(ids)) == len(ids)
         busy = {s.seq_id for p, _ in self.in_flight for s in p.steps}
-        assert not busy & set(ids), "a sequence in two in-flight plans"
+        lookahead = {s.seq_id for s in plan.steps if s.input_is_last_sampled}
+        assert not busy & (set(ids) - lookahead), "a sequence in two in-flight plans"
+        assert cfg.overlap or not lookahead, "a lookahead step without overlap"
+        for step in plan.steps:
+            if step.input_is_last_sampled:  # one more decode of a sampling step in flight
+                assert len(step.token_ids) == 1 and step.sample
+                assert sum(step.seq_id == s.seq_id for p, _ in self.in_flight
+                           for s in p.steps if s.sample) == 1  # fmt: skip
         for new in plan.new_seqs:
             if new.seq_id in self.first_scheduled:
                 continue  # re-joining after a preemption: it may jump ahead

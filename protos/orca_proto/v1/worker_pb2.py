@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14orca/v1/worker.proto\x12\x07orca.v1\"\xe7\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\n \x01(\x05\x42\x07\n\x05_seed\"\x8f\x01\n\x0bNewSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x18\n\x10output_token_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.orca.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\x05\"p\n\x0cSequenceStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x16\n\x0estart_position\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x04 \x03(\x05\x12\x0e\n\x06sample\x18\x05 \x01(\x08\"\x83\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12&\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x14.orca.v1.NewSequence\x12$\n\x05steps\x18\x03 \x03(\x0b\x32\x15.orca.v1.SequenceStep\x12\x18\n\x10released_seq_ids\x18\x04 \x03(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"n\n\x0cSampledToken\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12+\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x15.orca.v1.TokenLogprob\"H\n\x0bStepTimings\x12\x12\n\nprepare_ms\x18\x01 \x01(\x02\x12\x12\n\nforward_ms\x18\x02 \x01(\x02\x12\x11\n\tsample_ms\x18\x03 \x01(\x02\"z\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12%\n\x06tokens\x18\x02 \x03(\x0b\x32\x15.orca.v1.SampledToken\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.orca.v1.StepTimings\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xeb\x01\n\nWorkerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x15\n\rmax_model_len\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\r\n\x05stage\x18\x07 \x01(\x05\x12\x0f\n\x07tp_rank\x18\x08 \x01(\x05\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x10\n\x08pipeline\x18\n \x01(\x05\x12\x0f\n\x07pp_size\x18\x0b \x01(\x05\x12\x0f\n\x07tp_size\x18\x0c \x01(\x05\"\x0e\n\x0c\x44rainRequest\"%\n\nDrainReply\x12\x17\n\x0fnum_active_seqs\x18\x01 \x01(\x05\x32\xa7\x01\n\x06Worker\x12\x31\n\x04Info\x12\x14.orca.v1.InfoRequest\x1a\x13.orca.v1.WorkerInfo\x12\x35\n\x07\x45xecute\x12\x11.orca.v1.StepPlan\x1a\x13.orca.v1.StepResult(\x01\x30\x01\x12\x33\n\x05\x44rain\x12\x15.orca.v1.DrainRequest\x1a\x13.orca.v1.DrainReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14orca/v1/worker.proto\x12\x07orca.v1\"\xe7\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\n \x01(\x05\x42\x07\n\x05_seed\"\x8f\x01\n\x0bNewSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x18\n\x10output_token_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.orca.v1.SamplingParams\x12\x11\n\tblock_ids\x18\x05 \x03(\x05\"\x8f\x01\n\x0cSequenceStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x16\n\x0estart_position\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x04 \x03(\x05\x12\x0e\n\x06sample\x18\x05 \x01(\x08\x12\x1d\n\x15input_is_last_sampled\x18\x06 \x01(\x08\"\x83\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12&\n\x08new_seqs\x18\x02 \x03(\x0b\x32\x14.orca.v1.NewSequence\x12$\n\x05steps\x18\x03 \x03(\x0b\x32\x15.orca.v1.SequenceStep\x12\x18\n\x10released_seq_ids\x18\x04 \x03(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"n\n\x0cSampledToken\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12+\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x15.orca.v1.TokenLogprob\"H\n\x0bStepTimings\x12\x12\n\nprepare_ms\x18\x01 \x01(\x02\x12\x12\n\nforward_ms\x18\x02 \x01(\x02\x12\x11\n\tsample_ms\x18\x03 \x01(\x02\"z\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12%\n\x06tokens\x18\x02 \x03(\x0b\x32\x15.orca.v1.SampledToken\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.orca.v1.StepTimings\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xeb\x01\n\nWorkerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x15\n\rnum_kv_blocks\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x15\n\rmax_model_len\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\r\n\x05stage\x18\x07 \x01(\x05\x12\x0f\n\x07tp_rank\x18\x08 \x01(\x05\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x10\n\x08pipeline\x18\n \x01(\x05\x12\x0f\n\x07pp_size\x18\x0b \x01(\x05\x12\x0f\n\x07tp_size\x18\x0c \x01(\x05\"\x0e\n\x0c\x44rainRequest\"%\n\nDrainReply\x12\x17\n\x0fnum_active_seqs\x18\x01 \x01(\x05\x32\xa7\x01\n\x06Worker\x12\x31\n\x04Info\x12\x14.orca.v1.InfoRequest\x1a\x13.orca.v1.WorkerInfo\x12\x35\n\x07\x45xecute\x12\x11.orca.v1.StepPlan\x1a\x13.orca.v1.StepResult(\x01\x30\x01\x12\x33\n\x05\x44rain\x12\x15.orca.v1.DrainRequest\x1a\x13.orca.v1.DrainReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_end=265
   _globals['_NEWSEQUENCE']._serialized_start=268
   _globals['_NEWSEQUENCE']._serialized_end=411
-  _globals['_SEQUENCESTEP']._serialized_start=413
-  _globals['_SEQUENCESTEP']._serialized_end=525
-  _globals['_STEPPLAN']._serialized_start=528
-  _globals['_STEPPLAN']._serialized_end=659
-  _globals['_TOKENLOGPROB']._serialized_start=661
-  _globals['_TOKENLOGPROB']._serialized_end=710
-  _globals['_SAMPLEDTOKEN']._serialized_start=712
-  _globals['_SAMPLEDTOKEN']._serialized_end=822
-  _globals['_STEPTIMINGS']._serialized_start=824
-  _globals['_STEPTIMINGS']._serialized_end=896
-  _globals['_STEPRESULT']._serialized_start=898
-  _globals['_STEPRESULT']._serialized_end=1020
-  _globals['_INFOREQUEST']._serialized_start=1022
-  _globals['_INFOREQUEST']._serialized_end=1035
-  _globals['_WORKERINFO']._serialized_start=1038
-  _globals['_WORKERINFO']._serialized_end=1273
-  _globals['_DRAINREQUEST']._serialized_start=1275
-  _globals['_DRAINREQUEST']._serialized_end=1289
-  _globals['_DRAINREPLY']._serialized_start=1291
-  _globals['_DRAINREPLY']._serialized_end=1328
-  _globals['_WORKER']._serialized_start=1331
-  _globals['_WORKER']._serialized_end=1498
+  _globals['_SEQUENCESTEP']._serialized_start=414
+  _globals['_SEQUENCESTEP']._serialized_end=557
+  _globals['_STEPPLAN']._serialized_start=560
+  _globals['_STEPPLAN']._serialized_end=691
+  _globals['_TOKENLOGPROB']._serialized_start=693
+  _globals['_TOKENLOGPROB']._serialized_end=742
+  _globals['_SAMPLEDTOKEN']._serialized_start=744
+  _globals['_SAMPLEDTOKEN']._serialized_end=854
+  _globals['_STEPTIMINGS']._serialized_start=856
+  _globals['_STEPTIMINGS']._serialized_end=928
+  _globals['_STEPRESULT']._serialized_start=930
+  _globals['_STEPRESULT']._serialized_end=1052
+  _globals['_INFOREQUEST']._serialized_start=1054
+  _globals['_INFOREQUEST']._serialized_end=1067
+  _globals['_WORKERINFO']._serialized_start=1070
+  _globals['_WORKERINFO']._serialized_end=1305
+  _globals['_DRAINREQUEST']._serialized_start=1307
+  _globals['_DRAINREQUEST']._serialized_end=1321
+  _globals['_DRAINREPLY']._serialized_start=1323
+  _globals['_DRAINREPLY']._serialized_end=1360
+  _globals['_WORKER']._serialized_start=1363
+  _globals['_WORKER']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

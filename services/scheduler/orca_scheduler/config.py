@@ -40,6 +40,8 @@ class SchedulerServiceConfig:
     max_num_batched_tokens: int = 8192
     kv_policy: str = "paged"
     enable_prefix_caching: bool = True
+    # Overlapped scheduling (tp = pp = 1): the next plan goes out while the current one runs.
+    overlap: bool = False
     # The model name published in `orca:load`; empty means the worker's model name.
     served_model_name: str = ""
     metrics_host: str = "0.0.0.0"
@@ -152,6 +154,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env_bool(env, "ORCA_ENABLE_PREFIX_CACHING", True),
         help="reuse the KV blocks of shared prompt prefixes (env ORCA_ENABLE_PREFIX_CACHING)",
     )
+    p.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool(env, "ORCA_OVERLAP", False),
+        help="overlapped scheduling (tp = pp = 1 only): send the next plan while the current "
+        "one runs, its decodes fed the worker's last sampled token (env ORCA_OVERLAP)",
+    )
     flag(
         "--served-model-name",
         "ORCA_SERVED_MODEL_NAME",
@@ -218,6 +227,8 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.claim_idle_s <= 0 or args.connect_timeout_s < 0:
         parser.error("--claim-idle-s must be > 0 and --connect-timeout-s >= 0")
+    if args.overlap and (args.tp, args.pp) != (1, 1):
+        parser.error("--overlap needs single-worker pipelines (--tp 1 --pp 1)")
     return SchedulerServiceConfig(
         redis_url=args.redis_url,
         tp=args.tp,
@@ -233,6 +244,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_policy=args.kv_policy,
         enable_prefix_caching=args.enable_prefix_caching,
+        overlap=args.overlap,
         served_model_name=args.served_model_name,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,

@@ -160,6 +160,7 @@ class SchedulerService:
                 kv_policy=cfg.kv_policy,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 pipeline_depth=executor.depth,
+                overlap=cfg.overlap,
             ),
             eos_token_ids=list(info.eos_token_ids),
         )

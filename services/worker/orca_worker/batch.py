@@ -85,7 +85,10 @@ def prepare_batch(
         _check_step(step, table, limits)
         block_tables[step.seq_id] = table
         n = len(step.token_ids)
-        input_ids.extend(step.token_ids)
+        if step.input_is_last_sampled:
+            input_ids.append(_last_sampled(step, state))
+        else:
+            input_ids.extend(step.token_ids)
         starts.append(step.start_position)
         lens.append(n)
         tables.append(table)
@@ -151,6 +154,22 @@ def _stage_new_seqs(
             list(new.block_ids),
         )
     return added
+
+
+def _last_sampled(step: worker_pb2.SequenceStep, state: SequenceState) -> int:
+    """The input of a lookahead step (overlapped scheduling): the sequence's last token,
+    sampled by this worker in its previous step. InvalidPlanError unless the step is one
+    token at that token's position."""
+    sampling = state.sampling
+    last_position = len(sampling.prompt_token_ids) + len(sampling.output_token_ids) - 1
+    if len(step.token_ids) != 1 or step.start_position != last_position:
+        raise InvalidPlanError(
+            f"lookahead step for {step.seq_id!r} must be one token at position {last_position}, "
+            f"got {len(step.token_ids)} at {step.start_position}"
+        )
+    if not sampling.output_token_ids:
+        raise InvalidPlanError(f"lookahead step for {step.seq_id!r}, which has sampled nothing")
+    return sampling.output_token_ids[-1]
 
 
 def _check_step(step: worker_pb2.SequenceStep, table: list[int], limits: BatchLimits) -> None:

@@ -31,6 +31,11 @@ class SchedulerConfig:
     # paper's baseline, for ablations): a batch is formed in one step, when none is running,
     # and no request joins until its last one has finished.
     batching: Batching = "iteration"
+    # Overlapped scheduling (single-worker pipelines only: tp = pp = 1): the next plan is
+    # built and sent while the current one runs. A decoding request is scheduled again
+    # before its token is back; its input is "the token the previous plan samples", which
+    # the worker fills in. Two plans are then in flight (pipeline_depth must be 1).
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -49,6 +54,8 @@ class SchedulerConfig:
             raise ValueError(
                 f"SchedulerConfig.max_model_len must be >= 2, got {self.max_model_len}"
             )
+        if self.overlap and self.pipeline_depth != 1:
+            raise ValueError("SchedulerConfig.overlap needs pipeline_depth 1 (tp = pp = 1)")
         if self.batching not in ("iteration", "request"):
             raise ValueError(
                 f"SchedulerConfig.batching must be 'iteration' or 'request', got {self.batching!r}"

@@ -16,11 +16,13 @@ from orca_scheduler.core.request import Request
 
 @dataclass(frozen=True, slots=True)
 class ScheduledStep:
-    """One request's work in one step: its next `num_tokens` uncomputed tokens."""
+    """One request's work in one step: its next `num_tokens` uncomputed tokens, or (a
+    lookahead step, overlapped scheduling) the one token its in-flight step will sample."""
 
     request: Request
     num_tokens: int
     sample: bool  # the step computes the request's last token, so a new token is sampled
+    lookahead: bool = False  # the input is the token the previous plan samples
 
 
 class PlanBuilder:
@@ -67,13 +69,18 @@ class PlanBuilder:
                     block_ids=request.block_ids,
                 )
                 known = len(request.block_ids)
-            start = request.num_computed_tokens
+            if scheduled.lookahead:  # at the position of the token still being sampled
+                start, token_ids = request.num_tokens, [0]
+            else:
+                start = request.num_computed_tokens
+                token_ids = request.token_slice(start, start + scheduled.num_tokens)
             plan.steps.add(
                 seq_id=seq_id,
                 start_position=start,
-                token_ids=request.token_slice(start, start + scheduled.num_tokens),
+                token_ids=token_ids,
                 new_block_ids=request.block_ids[known:],
                 sample=scheduled.sample,
+                input_is_last_sampled=scheduled.lookahead,
             )
             self._blocks_on_workers[seq_id] = len(request.block_ids)
         return plan

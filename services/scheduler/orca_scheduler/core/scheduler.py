@@ -7,7 +7,7 @@ token budget, running requests first, then waiting ones in FCFS order.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -55,7 +55,12 @@ class Scheduler:
         self._waiting = WaitingQueue()
         self._running: list[Request] = []  # admission order: oldest first
         self._in_flight: deque[_InFlightPlan] = deque()
-        self._in_flight_ids: set[str] = set()
+        # Per request: in how many in-flight plans it is, and whether its newest in-flight
+        # step samples (overlapped scheduling may then schedule it once more).
+        self._in_flight_count: Counter[str] = Counter()
+        self._in_flight_samples: dict[str, bool] = {}
+        # Overlapped scheduling keeps two plans in flight on one stage.
+        self._depth = 2 if config.overlap else config.pipeline_depth
         self._plans = PlanBuilder()
 
     # ---- requests in and out -------------------------------------------------------------
@@ -106,7 +111,7 @@ class Scheduler:
         request = self._requests.get(request_id)
         if request is None or request.status.is_finished:
             return None
-        if request_id in self._in_flight_ids:
+        if self._is_in_flight(request):
             self._running.remove(request)
             request.status, request.finish_reason = RequestStatus.ABORTED, FinishReason.ABORT
         else:
@@ -163,7 +168,8 @@ class Scheduler:
         self._waiting = WaitingQueue()
         self._running.clear()
         self._in_flight.clear()
-        self._in_flight_ids.clear()
+        self._in_flight_count.clear()
+        self._in_flight_samples.clear()
         return taken
 
     @property
@@ -184,7 +190,7 @@ class Scheduler:
         A plan may have no steps when it only carries `released_seq_ids`: a released sequence
         cannot join again until workers have dropped it.
         """
-        if len(self._in_flight) >= self.config.pipeline_depth:
+        if len(self._in_flight) >= self._depth:
             return None
         budget = self.config.max_num_batched_tokens
         seq_cap = self._plan_seq_cap()
@@ -195,8 +201,16 @@ class Scheduler:
         for request in list(self._running):
             if budget == 0 or len(batch) >= seq_cap:
                 break
-            if request.status is not RequestStatus.RUNNING or self._is_in_flight(request):
-                continue  # preempted earlier in this loop, or busy in another plan
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            if self._is_in_flight(request):  # busy in another plan, unless it may look ahead
+                if self._may_look_ahead(request):
+                    if self.block_manager.allocate(request, request.num_tokens + 1):
+                        batch.append(ScheduledStep(request, 1, sample=True, lookahead=True))
+                        budget -= 1
+                    else:
+                        short_of_blocks = True
+                continue
             n = min(request.num_tokens_to_compute, budget)
             if self._allocate_or_preempt(request, n):
                 batch.append(self._step(request, n))
@@ -229,8 +243,24 @@ class Scheduler:
         self.peak_running = max(self.peak_running, len(self._running))
         plan = self._plans.build(batch)
         self._in_flight.append(_InFlightPlan(plan.step_id, batch))
-        self._in_flight_ids.update(s.request.request_id for s in batch)
+        for scheduled in batch:
+            self._in_flight_count[scheduled.request.request_id] += 1
+            self._in_flight_samples[scheduled.request.request_id] = scheduled.sample
         return plan
+
+    def _may_look_ahead(self, request: Request) -> bool:
+        """Overlapped scheduling: whether a request in flight may be scheduled once more, its
+        input the token its in-flight step samples. Not when that token may end it by
+        length (known ahead); a stop token ends it unforeseen, and the extra step's token
+        is dropped."""
+        rid = request.request_id
+        return (
+            self.config.overlap
+            and self._in_flight_count[rid] == 1
+            and self._in_flight_samples.get(rid, False)
+            and request.num_output_tokens + 1 < request.max_tokens
+            and request.num_tokens + 1 < self.max_len
+        )
 
     def _plan_seq_cap(self) -> int:
         """Most sequences this plan may take. With pp plans in flight (the paper's scheme) the
@@ -298,7 +328,7 @@ class Scheduler:
         return ScheduledStep(request, num_tokens, sample)
 
     def _is_in_flight(self, request: Request) -> bool:
-        return request.request_id in self._in_flight_ids
+        return self._in_flight_count[request.request_id] > 0
 
     # ---- results --------------------------------------------------------------------------
 
@@ -311,10 +341,17 @@ class Scheduler:
         updates = []
         for scheduled in plan.batch:
             request = scheduled.request
-            self._in_flight_ids.discard(request.request_id)
+            rid = request.request_id
+            self._in_flight_count[rid] -= 1
+            if self._in_flight_count[rid] == 0:
+                del self._in_flight_count[rid]
+                self._in_flight_samples.pop(rid, None)
             token = next(tokens) if scheduled.sample else None
-            if request.status is RequestStatus.ABORTED:
-                self._release(request)  # aborted while in flight; already reported
+            if request.status.is_finished:
+                # Aborted, or stopped by the plan before this one (a lookahead step's token
+                # is dropped): already reported; freed once no plan in flight holds it.
+                if not self._is_in_flight(request):
+                    self._release(request)
                 continue
             request.num_computed_tokens += scheduled.num_tokens
             self.block_manager.register_full_blocks(request)
@@ -361,7 +398,8 @@ class Scheduler:
         return None
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
-        """End a request that is not in flight: it leaves the queues and frees its blocks."""
+        """End a request: it leaves the queues and frees its blocks, at once, or (a lookahead
+        step of it still in flight) when that plan's result is back."""
         if request.status is RequestStatus.RUNNING:
             self._running.remove(request)
         else:
@@ -370,7 +408,8 @@ class Scheduler:
             RequestStatus.ABORTED if reason is FinishReason.ABORT else RequestStatus.FINISHED
         )
         request.finish_reason = reason
-        self._release(request)
+        if not self._is_in_flight(request):
+            self._release(request)
 
     def _release(self, request: Request) -> None:
         """Forget a finished request: free its blocks, tell workers to drop it."""
