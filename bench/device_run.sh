@@ -4,6 +4,7 @@
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
 #                                           online8b batching8b kvpolicy8b tune8b stackoverlap
+#                                           attention
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -121,6 +122,8 @@ for part in "${PARTS[@]}"; do
     # Orca in-process, then the full stack (orca serve's processes, OpenAI HTTP), same GPU.
     stack) stack 300 llama8b ;;
     stack1b) stack 200 llama1b ;;
+    # Decode attention: the split-K decode kernel against the prefill kernel at q_len 1.
+    attention) run 150 python3 bench/attention_bench.py --out "$OUT/attention.jsonl" || rc=$? ;;
     # The same with overlapped scheduling (in-process and stack).
     stackoverlap) stack 300 llama8b _overlap --overlap ;;
     stacktiny) stack 120 tiny ;;

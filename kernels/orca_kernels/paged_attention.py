@@ -5,8 +5,9 @@ cache block holding positions i*block_size .. (i+1)*block_size - 1 of sequence b
 h reads kv head h // (Hq // Hkv) (GQA). Scores, softmax and the accumulator are float32.
 
 - `paged_decode_attention`: one program per (sequence, kv head, split) handles all the query
-  heads of its GQA group, with an online softmax (running max and sum) over BLOCK_N-token
-  tiles of the context. Long contexts are split over `num_splits` programs (split-K); a
+  heads of its GQA group (padded to 16 rows, so that both products are `tl.dot` tensor-core
+  tiles), with an online softmax (running max and sum) over BLOCK_N-token tiles of the
+  context. Long contexts are split over `num_splits` programs (split-K); a
   reduce kernel then merges the partial results with their maxima and sums.
 - `paged_prefill_attention`: one program per (sequence, kv head, tile of new tokens); the new
   tokens are the last q_len positions of their context and attend causally over it, so
@@ -148,8 +149,11 @@ if triton is not None:
         BLOCK_G: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        IEEE_DOT: tl.constexpr,
     ):
-        """Program (b, kv head, split): the GROUP query heads of that kv head over one split."""
+        """Program (b, kv head, split): the GROUP query heads of that kv head over one split.
+        The GROUP rows are padded to BLOCK_G >= 16 so both products run as tl.dot (tensor
+        cores); the padded rows are masked out."""
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -166,8 +170,7 @@ if triton is not None:
             q_ptr + b * stride_qb + qh[:, None] * stride_qh + d[None, :],
             mask=g_ok[:, None] & d_ok[None, :],
             other=0.0,
-        ).to(tl.float32)
-        q = q * scale
+        )
 
         m = tl.full([BLOCK_G], _NEG_BIG, tl.float32)
         l_sum = tl.zeros([BLOCK_G], tl.float32)
@@ -181,15 +184,22 @@ if triton is not None:
             kv_mask = t_ok[:, None] & d_ok[None, :]
             k_rows = blk * stride_kb + off * stride_ks + kvh * stride_kh
             k = tl.load(k_cache_ptr + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            scores = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)  # [G, N]
-            scores = tl.where(t_ok[None, :], scores, float("-inf"))
+            if IEEE_DOT:
+                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                scores = tl.dot(q, tl.trans(k))
+            scores = tl.where(t_ok[None, :], scores * scale, float("-inf"))  # [G, N]
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(scores - m_new[:, None])
             l_sum = l_sum * alpha + tl.sum(p, axis=1)
             v_rows = blk * stride_vb + off * stride_vs + kvh * stride_vh
             v = tl.load(v_cache_ptr + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
+            if IEEE_DOT:
+                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
             m = m_new
 
         l_safe = tl.where(l_sum > 0.0, l_sum, 1.0)
@@ -390,10 +400,9 @@ def paged_decode_attention(
         out = torch.empty_like(q)
     if batch == 0:
         return out
-    block_g = triton.next_power_of_2(group)
-    block_d = triton.next_power_of_2(head_dim)
-    # [G, N, D] float32 products per tile: keep them around 16K elements.
-    block_n = max(16, min(128, triton.next_power_of_2(16384 // (block_g * block_d))))
+    block_g = max(16, triton.next_power_of_2(group))  # tl.dot needs M >= 16
+    block_d = max(16, triton.next_power_of_2(head_dim))  # and K >= 16
+    block_n = 64 if block_d <= 128 else 32
     max_ctx = max(1, block_tables.shape[1] * block_size)
     if num_splits is None:
         by_len = triton.cdiv(max_ctx, _PARTITION_TOKENS)
@@ -440,6 +449,7 @@ def paged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
+        IEEE_DOT=q.dtype == torch.float32,
     )
     if num_splits > 1:
         num_rows = batch * num_q_heads
