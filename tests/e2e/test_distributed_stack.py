@@ -54,6 +54,19 @@ def expected(checkpoints):
     return out
 
 
+def stack_config(path, tmp_path, **kwargs) -> ServeConfig:
+    """`orca serve` of `path` in float32 on free ports, logs under `tmp_path`."""
+    return ServeConfig(
+        model=str(path),
+        port=free_port(),
+        grpc_port=free_port(),
+        dtype="float32",
+        ready_timeout_s=240,
+        log_dir=str(tmp_path / "logs"),
+        **kwargs,
+    )
+
+
 async def _complete_all(base_url: str, model: str, prompts: list[list[int]]) -> list[dict]:
     async with httpx.AsyncClient(timeout=120) as client:
 
@@ -77,17 +90,7 @@ def test_parallel_stack_equals_single_process(
     checkpoints, expected, tmp_path, name, tp, pp, pipelines
 ):
     path = checkpoints[name]
-    config = ServeConfig(
-        model=str(path),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        tp=tp,
-        pp=pp,
-        pipelines=pipelines,
-        ready_timeout_s=240,
-        log_dir=str(tmp_path / "logs"),
-    )
+    config = stack_config(path, tmp_path, tp=tp, pp=pp, pipelines=pipelines)
     prompts, texts = expected[name]
     with LocalStack(config) as stack:
         models = httpx.get(stack.base_url + "/models", timeout=10).json()
@@ -109,15 +112,7 @@ def test_overlapped_stack_equals_single_process(checkpoints, expected, tmp_path)
     """`orca serve --overlap`: the scheduler keeps two plans in flight on one worker (the
     second's decodes fed the worker's last sampled token), and every text is unchanged."""
     path = checkpoints["demo"]
-    config = ServeConfig(
-        model=str(path),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        overlap=True,
-        ready_timeout_s=240,
-        log_dir=str(tmp_path / "logs"),
-    )
+    config = stack_config(path, tmp_path, overlap=True)
     prompts, texts = expected["demo"]
     with LocalStack(config) as stack:
         replies = asyncio.run(_complete_all(stack.base_url, path.name, prompts))
