@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from orca_gateway.detokenizer import IncrementalDetokenizer
 from orca_gateway.errors import GenerationFailed
 from orca_gateway.log import log_event
@@ -77,6 +79,7 @@ class Generation:
         metrics: GatewayMetrics,
     ) -> None:
         self.request_id = request_id
+        self._span: trace.Span | None = None  # the request's trace span, ended by close()
         self.requests = requests
         self.prompt_tokens = prompt_tokens
         self._reader = reader
@@ -140,6 +143,10 @@ class Generation:
                     raise GenerationFailed(update.error or "generation failed")
         return results
 
+    def attach_span(self, span: trace.Span) -> None:
+        """The request's trace span, to end (with the outcome) when this closes."""
+        self._span = span
+
     def close(self) -> None:
         """Stop reading; CANCEL every unfinished choice (client gone or request failed).
 
@@ -171,6 +178,13 @@ class Generation:
                 e2e_s=f"{elapsed_s:.3f}",
             )
         self._metrics.generation_tokens.inc(self.completion_tokens)
+        if self._span is not None:
+            self._span.set_attribute("orca.completion_tokens", self.completion_tokens)
+            self._span.set_attribute(
+                "orca.finish_reasons",
+                ",".join(c.finish_reason or "cancelled" for c in self._choices),
+            )
+            self._span.end()
 
     def _apply(self, choice: _Choice, chunk: stream_pb2.TokenChunk) -> ChoiceUpdate | None:
         if choice.finish_reason is not None:

@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    from orca_proto.tracing import configure_tracing
+
+    try:
+        configure_tracing("orca-gateway")
+    except ValueError as exc:
+        print(f"orca-gateway: {exc}", file=sys.stderr)
+        return 2
     from orca_gateway.server import GatewayServer
 
     server = GatewayServer(config)

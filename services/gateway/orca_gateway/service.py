@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from opentelemetry import trace
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from orca_gateway.config import GatewayConfig
@@ -18,6 +19,7 @@ from orca_gateway.params import GenerationParams
 from orca_gateway.submit import Submitter
 from orca_gateway.tokenizer import Tokenizer
 from orca_proto.redis_streams import LoadReport
+from orca_proto.tracing import context_from_traceparent, traceparent_of, tracer
 from orca_proto.v1 import stream_pb2
 
 # Seconds a plain Redis command may take before the request fails with 503.
@@ -107,6 +109,38 @@ class GatewayService:
         if not readiness.ready:
             raise NotReady(f"Not ready: {readiness.reason}.")
         report = readiness.report
+        # The request's span: a child of the caller's traceparent; the scheduler's spans of
+        # this request become its children through the StreamRequest's traceparent.
+        span = tracer().start_span(
+            "orca.request",
+            context=context_from_traceparent(traceparent),
+            kind=trace.SpanKind.SERVER,
+            attributes={"orca.request_id": request_id, "orca.n": params.n},
+        )
+        traceparent = traceparent_of(span) or traceparent
+        try:
+            return await self._submit(
+                request_id, prompts, params, report, default_max_tokens, prompt_param,
+                traceparent, span,
+            )  # fmt: skip
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)[:200]))
+            span.end()
+            raise
+
+    async def _submit(
+        self,
+        request_id: str,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        report,
+        default_max_tokens: int | None,
+        prompt_param: str,
+        traceparent: str,
+        span: trace.Span,
+    ) -> Generation:
+        """generate()'s work once the service is ready, under the request's span."""
         max_len = report.max_model_len or self.tokenizer.max_position_embeddings
         arrival = time.time()
         requests = []
@@ -151,7 +185,9 @@ class GatewayService:
         except BaseException:
             generation.close()  # cancelled mid-write: CANCEL what may have gone out
             raise
+        generation.attach_span(span)  # from here on close() ends it
         self.metrics.prompt_tokens.inc(prompt_tokens)
+        span.set_attribute("orca.prompt_tokens", prompt_tokens)
         log_event(
             "request_submitted",
             request_id=request_id,

@@ -292,7 +292,13 @@ class IterationLoop:
                 self.dead_letters.send(incoming.entry_id, encode(sr), reason)
             return None  # else: the same entry seen twice (claimed while we serve it)
         published = len(incoming.output_token_ids)
-        self.publisher.track(request_id, incoming.entry_id, len(sr.prompt_token_ids), published)
+        self.publisher.track(
+            request_id,
+            incoming.entry_id,
+            len(sr.prompt_token_ids),
+            published,
+            traceparent=sr.traceparent,
+        )
         if self._early_cancels.pop(request_id, None) is not None:
             self._end_untaken(request_id, "abort")
             return None

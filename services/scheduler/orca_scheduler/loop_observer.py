@@ -9,6 +9,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
+from orca_proto.tracing import context_from_traceparent, tracer
 from orca_proto.v1 import worker_pb2
 from orca_scheduler.core.scheduler import Scheduler
 from orca_scheduler.metrics import SchedulerMetrics
@@ -91,6 +94,7 @@ class PipelineObserver:
         sample time (with pp plans in flight it also holds the wait behind the plans ahead)."""
         m, t = self._metrics, result.timings
         worker_s = (t.prepare_ms + t.forward_ms + t.sample_ms) / 1000.0
+        self._trace_iteration(plan, result, times, num_preempted)
         m.iterations.inc()
         self._iterations_total.inc()
         m.iteration_seconds.observe(times.done - times.started)
@@ -117,6 +121,40 @@ class PipelineObserver:
                     str(self.pipeline), str(stage), str(rank)
                 ).inc(delta)
                 self._busy_seen[position] = total
+
+    def _trace_iteration(
+        self,
+        plan: worker_pb2.StepPlan,
+        result: worker_pb2.StepResult,
+        times: StepTimes,
+        num_preempted: int,
+    ) -> None:
+        """One span per iteration, from the plan's scheduling to its result folded in."""
+        now_ns, now = time.time_ns(), time.perf_counter()
+
+        def wall_ns(mark: float) -> int:
+            return now_ns - int((now - mark) * 1e9)
+
+        span = tracer().start_span("orca.iteration", start_time=wall_ns(times.started))
+        if span.is_recording():
+            t = result.timings
+            span.set_attributes(
+                {
+                    "orca.pipeline": self.pipeline,
+                    "orca.step_id": plan.step_id,
+                    "orca.num_seqs": len(plan.steps),
+                    "orca.num_tokens": sum(len(s.token_ids) for s in plan.steps),
+                    "orca.num_new_seqs": len(plan.new_seqs),
+                    "orca.num_preempted": num_preempted,
+                    "orca.plan_build_ms": (times.built - times.started) * 1e3,
+                    "orca.worker_prepare_ms": t.prepare_ms,
+                    "orca.worker_forward_ms": t.forward_ms,
+                    "orca.worker_sample_ms": t.sample_ms,
+                }
+            )
+            if result.error:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.error[:200]))
+        span.end(end_time=wall_ns(times.done))
 
     def forget(self) -> None:
         """The pipeline is gone: drop its gauges."""
@@ -146,8 +184,28 @@ class PipelineObserver:
 
 
 def report_finished(metrics: SchedulerMetrics, f: FinishedRequest) -> None:
-    """Count a finished request and log its one line."""
+    """Count a finished request, log its one line, and record its span (a child of the
+    gateway's, through the request's traceparent)."""
     metrics.requests_finished.labels(reason=f.finish_reason).inc()
+    end_ns = time.time_ns()
+    span = tracer().start_span(
+        "orca.scheduler.request",
+        context=context_from_traceparent(f.traceparent),
+        start_time=end_ns - int(f.e2e_s * 1e9),
+    )
+    if span.is_recording():
+        span.set_attributes(
+            {
+                "orca.request_id": f.request_id,
+                "orca.finish_reason": f.finish_reason,
+                "orca.prompt_tokens": f.prompt_tokens,
+                "orca.completion_tokens": f.completion_tokens,
+                "orca.cached_tokens": f.cached_tokens,
+            }
+        )
+        if f.error:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f.error[:200]))
+    span.end(end_time=end_ns)
     line = (
         "request_finished request_id=%s reason=%s prompt_tokens=%d completion_tokens=%d "
         "cached_tokens=%d e2e_s=%.3f"

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from redis.exceptions import RedisError
 
+from orca_proto.tracing import configure_tracing
 from orca_scheduler.config import SchedulerServiceConfig, parse_config
 from orca_scheduler.discovery.base import Discovery, StaticDiscovery
 from orca_scheduler.discovery.kube_api import KubeApi, KubeApiConfig
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:
+        configure_tracing("orca-scheduler")
         discovery = build_discovery(config, os.environ)
     except (ValueError, OSError) as exc:
         log.error("startup_failed error=%r", str(exc))

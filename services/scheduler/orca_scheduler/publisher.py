@@ -35,6 +35,7 @@ class TrackedRequest:
     num_published: int = 0  # output tokens already in the output stream
     num_cached_tokens: int | None = None  # prompt tokens served from the prefix cache
     started_at: float = field(default_factory=time.monotonic)
+    traceparent: str = ""  # the gateway's span of the request (W3C), parent of ours
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class FinishedRequest:
     cached_tokens: int
     e2e_s: float
     error: str = ""
+    traceparent: str = ""
 
 
 def build_chunk(
@@ -80,10 +82,17 @@ class Publisher:
         self._finishing: dict[str, str] = {}
 
     def track(
-        self, request_id: str, entry_id: str, num_prompt_tokens: int, num_published: int = 0
+        self,
+        request_id: str,
+        entry_id: str,
+        num_prompt_tokens: int,
+        num_published: int = 0,
+        traceparent: str = "",
     ) -> TrackedRequest:
         """Start tracking a request (`num_published` > 0 for a resumed one)."""
-        tracked = TrackedRequest(request_id, entry_id, num_prompt_tokens, num_published)
+        tracked = TrackedRequest(
+            request_id, entry_id, num_prompt_tokens, num_published, traceparent=traceparent
+        )
         self._tracked[request_id] = tracked
         return tracked
 
@@ -160,6 +169,7 @@ class Publisher:
             cached_tokens=chunk.usage.cached_tokens,
             e2e_s=time.monotonic() - tracked.started_at,
             error=error,
+            traceparent=tracked.traceparent,
         )
 
     def _submit(self, commands: list[Command], finished: list[FinishedRequest]) -> None:
