@@ -139,6 +139,12 @@ def test_cancel_frees_the_request_and_ends_it_with_abort(harness):
     assert 1 <= final.usage.completion_tokens < 480
     assert final.usage.completion_tokens == len(harness.tokens(chunks))
 
+    # A STOP (a stop string matched at the gateway) ends a running request with "stop".
+    harness.submit("stopped", prompt, max_tokens=480, ignore_eos=True)
+    harness.wait_for_chunks("stopped", until=lambda chunks: len(chunks) >= 1)
+    harness.control("stopped", stream_pb2.Control.STOP)
+    assert harness.wait_for_chunks("stopped")[-1].finish_reason == "stop"
+
     # A cancel may reach the scheduler before its request does.
     harness.control("early", stream_pb2.Control.STOP)
     time.sleep(0.2)

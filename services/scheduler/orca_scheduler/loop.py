@@ -17,6 +17,7 @@ right index; with no pipeline left they wait until one comes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from orca_scheduler.core.errors import (
     InvalidRequestError,
     PromptTooLongError,
 )
-from orca_scheduler.core.request import Request
+from orca_scheduler.core.request import FinishReason, Request
 from orca_scheduler.core.scheduler import Scheduler
 from orca_scheduler.dead_letters import DeadLetters
 from orca_scheduler.executor import Executor
@@ -275,6 +276,8 @@ class IterationLoop:
         pipeline = self.pipelines.get(self._placement.get(request_id, -1))
         update = pipeline.scheduler.abort_request(request_id) if pipeline else None
         if update is not None:
+            if control.kind == stream_pb2.Control.STOP:  # a stop string ended it at the gateway
+                update = dataclasses.replace(update, finish_reason=FinishReason.STOP)
             self._finished(self.publisher.publish([update]))
         elif self._homeless.pop(request_id, None) is not None:
             self._end_untaken(request_id, "abort")
