@@ -6,11 +6,11 @@ through the Executor interface: one plan per model iteration, iteration-level ba
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,9 @@ class LLM:
         self.tokenizer = _load_tokenizer(self.model_dir)
         self._vocab_size = info.vocab_size
         self._ids = itertools.count()
-        self._pending: deque[worker_pb2.StepPlan] = deque()  # scheduled, not run yet
+        # Plans started and not applied yet, oldest first (two with overlap).
+        self._pending: deque[Future[worker_pb2.StepResult]] = deque()
+        self._step_thread: ThreadPoolExecutor | None = None  # runs plans (overlap only)
 
     def generate(
         self,
@@ -125,7 +127,7 @@ class LLM:
         for request, p in zip(requests, params, strict=True):
             if p.logprobs is not None:
                 outputs[request.request_id].logprobs = []
-        asyncio.run(self._run_until_done(outputs))
+        self._run_until_done(outputs)
         for out in outputs.values():
             if self.tokenizer is not None:
                 out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
@@ -137,9 +139,9 @@ class LLM:
         unfinished). Sequences the workers still hold are released first."""
         if self.scheduler.has_unfinished():
             raise ValueError("reconfigure needs an idle engine: requests are unfinished")
-        while self._pending or (plan := self.scheduler.schedule()) is not None:
-            if self._pending:  # a step run ahead of a stop, then release-only plans
-                plan = self._pending.popleft()
+        while self._pending:  # steps run ahead of a stop
+            self.scheduler.update(self._pending.popleft().result())
+        while (plan := self.scheduler.schedule()) is not None:  # release-only plans
             self.scheduler.update(self.executor.execute(plan))
         config = dataclasses.replace(self.scheduler.config, **changes)
         self.scheduler = Scheduler(config, eos_token_ids=self.scheduler.eos_token_ids)
@@ -165,23 +167,47 @@ class LLM:
         that arrive over time (an online loop), as the services' scheduler does."""
         if not self.scheduler.has_unfinished() and not self._pending:
             return []
-        return self.scheduler.update(self.executor.execute(self._next_plan()))
+        self._launch()
+        updates = self._collect()
+        self._launch()  # the next plan starts before the caller handles these updates
+        return updates
 
-    def _next_plan(self) -> worker_pb2.StepPlan:
-        """The oldest plan to run, after scheduling as many as the scheduler allows (one, or
-        two ahead with overlap: the second's decodes take the first's sampled tokens)."""
+    def close(self) -> None:
+        """Stop the step thread (overlap); the engine serves no more after this."""
+        if self._step_thread is not None:
+            self._step_thread.shutdown(wait=True)
+            self._step_thread = None
+
+    def _launch(self) -> None:
+        """Schedule every plan the scheduler gives now (one, or with overlap a second whose
+        decodes take the first's sampled tokens) and start it: with overlap on the step
+        thread, which runs it while this thread schedules and folds around it."""
         while (plan := self.scheduler.schedule()) is not None:
-            self._pending.append(plan)
+            if self.scheduler.config.overlap:
+                if self._step_thread is None:
+                    self._step_thread = ThreadPoolExecutor(
+                        max_workers=1,
+                        thread_name_prefix="orca-step",
+                        initializer=self.executor.runner.enter_step_thread,
+                    )
+                self._pending.append(self._step_thread.submit(self.executor.execute, plan))
+            else:
+                done: Future[worker_pb2.StepResult] = Future()
+                done.set_result(self.executor.execute(plan))
+                self._pending.append(done)
+
+    def _collect(self) -> list[SequenceUpdate]:
+        """Wait for the oldest started plan and apply its result."""
         if not self._pending:
             raise RuntimeError("scheduler has unfinished requests but produced no plan")
-        return self._pending.popleft()
+        return self.scheduler.update(self._pending.popleft().result())
 
-    async def _run_until_done(self, outputs: dict[str, RequestOutput]) -> None:
-        """The iteration loop: schedule plans (two ahead with overlap), run the oldest, fold
-        its tokens into the outputs."""
+    def _run_until_done(self, outputs: dict[str, RequestOutput]) -> None:
+        """The iteration loop: start plans (two ahead with overlap), apply the oldest's
+        result, fold its tokens into the outputs."""
         while self.scheduler.has_unfinished() or self._pending:
-            result = await self.executor.submit(self._next_plan())
-            for update in self.scheduler.update(result):
+            self._launch()
+            for update in self._collect():
                 out = outputs[update.request_id]
                 out.token_ids.extend(update.new_token_ids)
                 if out.logprobs is not None:
