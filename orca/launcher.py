@@ -106,21 +106,50 @@ class LocalStack:
         return "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
 
     def start(self) -> LocalStack:
-        """Start every service and wait until the gateway is ready; LaunchError on failure."""
+        """Start every service and wait until the gateway is ready; LaunchError on failure.
+
+        The ports of the workers, their rendezvous and the scheduler's metrics are picked
+        free here, but another process may take one before the service binds it: a service
+        that dies of that is started again, with all the internal ports picked anew."""
         cfg = self.config
         try:
             if not cfg.redis_url:
                 self._redis = EmbeddedRedis().start()
                 self.redis_url = self._redis.url
-            worker_addresses = self._start_workers()
-            self.scheduler_metrics_port = free_port()
-            self._spawn("scheduler", "orca_scheduler.main", self._scheduler_args(worker_addresses))
-            self._spawn("gateway", "orca_gateway.main", self._gateway_args())
-            self._wait_ready()
+            for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+                try:
+                    self._start_services()
+                    return self
+                except LaunchError:
+                    if attempt == PORT_RACE_ATTEMPTS or not self._lost_a_port_race():
+                        raise
+                    self._stop_services()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_services(self) -> None:
+        worker_addresses = self._start_workers()
+        self.scheduler_metrics_port = free_port()
+        self._spawn("scheduler", "orca_scheduler.main", self._scheduler_args(worker_addresses))
+        self._spawn("gateway", "orca_gateway.main", self._gateway_args())
+        self._wait_ready()
+
+    def _lost_a_port_race(self) -> bool:
+        """Whether a worker or the scheduler (whose ports this launcher picked) died because
+        its port was taken meanwhile."""
+        return any(
+            child.name != "gateway"
+            and child.process.poll() is not None
+            and any(sign in child.log_tail() for sign in _PORT_TAKEN)
+            for child in self._children
+        )
+
+    def _stop_services(self) -> None:
+        for child in reversed(self._children):
+            _terminate(child.process)
+        self._children.clear()
 
     def _start_workers(self) -> list[str]:
         """Start pipelines × pp × tp workers; returns their addresses in ordinal order."""
@@ -233,9 +262,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop the gateway, the scheduler, the workers, then Redis (SIGTERM, then SIGKILL)."""
-        for child in reversed(self._children):
-            _terminate(child.process)
-        self._children.clear()
+        self._stop_services()
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
@@ -245,6 +272,12 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# Starts of the services before a lost port race is reported as the failure it is.
+PORT_RACE_ATTEMPTS = 3
+# What a service's log says when its port was taken (Python, gRPC, torch.distributed).
+_PORT_TAKEN = ("Address already in use", "Failed to bind", "EADDRINUSE")
 
 
 def _visible_gpus(num_workers: int) -> list[str]:

@@ -78,3 +78,40 @@ def test_failing_child_is_reported_with_its_log(demo_model_dir, tmp_path):
     assert process.returncode == 1
     assert "worker exited" in output
     assert "NoSuchModelForCausalLM" in output
+
+
+def test_a_lost_port_race_is_retried(demo_model_dir, tmp_path, monkeypatch):
+    """A port the launcher picked free is taken before the scheduler binds it: the stack is
+    started again on fresh ports, and serves."""
+    import socket
+
+    import orca.launcher as launcher
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    calls = []
+
+    def racy_free_port() -> int:
+        calls.append(1)
+        # One worker: its port, its rendezvous, then the scheduler's metrics port.
+        return taken if len(calls) == 3 else free_port()
+
+    monkeypatch.setattr(launcher, "free_port", racy_free_port)
+    config = launcher.ServeConfig(
+        model=str(demo_model_dir),
+        port=free_port(),
+        grpc_port=free_port(),
+        dtype="float32",
+        ready_timeout_s=120,
+        log_dir=str(tmp_path / "logs"),
+    )
+    try:
+        with launcher.LocalStack(config) as stack:
+            assert stack.scheduler_metrics_port != taken
+            ready = httpx.get(stack.base_url.removesuffix("/v1") + "/ready", timeout=10)
+            assert ready.status_code == 200
+        assert "Address already in use" in (tmp_path / "logs" / "scheduler.log").read_text()
+    finally:
+        blocker.close()
