@@ -1,4 +1,4 @@
-"""An Executor that runs the worker's ModelRunner inside the calling process."""
+"""Runs StepPlans on the worker's ModelRunner inside the calling process (orca.LLM's worker)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from orca_worker.runner import ModelRunner, RunnerConfig
 
 
 class InProcessExecutor:
-    """The in-process implementation of `orca_scheduler.executor.Executor`."""
+    """The in-process counterpart of a gRPC worker: one ModelRunner, plans run on call."""
 
     def __init__(self, config: RunnerConfig) -> None:
         self.runner = ModelRunner(config)
 
-    async def submit(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
-        """Run one plan to completion on this process's device."""
-        return self.runner.execute(plan)
-
     def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
-        """`submit`, for callers with no event loop (LLM.step)."""
+        """Run one plan to completion on this process's device."""
         return self.runner.execute(plan)
 
     def info(self) -> worker_pb2.WorkerInfo:

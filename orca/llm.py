@@ -1,7 +1,7 @@
 """The offline engine: `LLM(model=DIR).generate(prompts, SamplingParams(...))`.
 
-It runs the same scheduler core as the scheduler service against an in-process worker,
-through the Executor interface: one plan per model iteration, iteration-level batching.
+It runs the same scheduler core as the scheduler service against an in-process worker
+(`InProcessExecutor`): one plan per model iteration, iteration-level batching.
 """
 
 from __future__ import annotations
