@@ -119,6 +119,56 @@ if triton is not None:
     _NEG_BIG = tl.constexpr(-1.0e30)
 
     @triton.jit
+    def _attend_tile(
+        q,
+        m,
+        l_sum,
+        acc,
+        k_cache_ptr,
+        v_cache_ptr,
+        table,
+        t,
+        t_ok,
+        visible,
+        d,
+        d_ok,
+        kvh,
+        stride_kb,
+        stride_ks,
+        stride_kh,
+        stride_vb,
+        stride_vs,
+        stride_vh,
+        block_size,
+        scale,
+        IEEE_DOT: tl.constexpr,
+    ):
+        """One online-softmax step over the cached tokens `t` (their paged K/V gathered
+        through `table`): the query rows `q` see the tokens where `visible` holds. Returns
+        the updated running max, sum and accumulator."""
+        blk = tl.load(table + t // block_size, mask=t_ok, other=0).to(tl.int64)
+        off = (t % block_size).to(tl.int64)
+        kv_mask = t_ok[:, None] & d_ok[None, :]
+        k_rows = blk * stride_kb + off * stride_ks + kvh * stride_kh
+        k = tl.load(k_cache_ptr + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if IEEE_DOT:
+            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            scores = tl.dot(q, tl.trans(k))
+        scores = tl.where(visible, scores * scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        v_rows = blk * stride_vb + off * stride_vs + kvh * stride_vh
+        v = tl.load(v_cache_ptr + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if IEEE_DOT:
+            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        return m_new, l_sum, acc * alpha[:, None] + pv
+
+    @triton.jit
     def _decode_kernel(
         q_ptr,
         k_cache_ptr,
@@ -179,28 +229,11 @@ if triton is not None:
         for t0 in range(start, end, BLOCK_N):
             t = t0 + tl.arange(0, BLOCK_N)
             t_ok = t < end
-            blk = tl.load(table + t // block_size, mask=t_ok, other=0).to(tl.int64)
-            off = (t % block_size).to(tl.int64)
-            kv_mask = t_ok[:, None] & d_ok[None, :]
-            k_rows = blk * stride_kb + off * stride_ks + kvh * stride_kh
-            k = tl.load(k_cache_ptr + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            if IEEE_DOT:
-                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                scores = tl.dot(q, tl.trans(k))
-            scores = tl.where(t_ok[None, :], scores * scale, float("-inf"))  # [G, N]
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(scores - m_new[:, None])
-            l_sum = l_sum * alpha + tl.sum(p, axis=1)
-            v_rows = blk * stride_vb + off * stride_vs + kvh * stride_vh
-            v = tl.load(v_cache_ptr + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            if IEEE_DOT:
-                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            m = m_new
+            m, l_sum, acc = _attend_tile(
+                q, m, l_sum, acc, k_cache_ptr, v_cache_ptr, table, t, t_ok, t_ok[None, :],
+                d, d_ok, kvh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                block_size, scale, IEEE_DOT,
+            )  # fmt: skip
 
         l_safe = tl.where(l_sum > 0.0, l_sum, 1.0)
         result = acc / l_safe[:, None]
@@ -327,30 +360,12 @@ if triton is not None:
         for t0 in range(0, hi, BLOCK_N):
             t = t0 + tl.arange(0, BLOCK_N)
             t_ok = t < hi
-            blk = tl.load(table + t // block_size, mask=t_ok, other=0).to(tl.int64)
-            off = (t % block_size).to(tl.int64)
-            kv_mask = t_ok[:, None] & d_ok[None, :]
-            k_rows = blk * stride_kb + off * stride_ks + kvh * stride_kh
-            k = tl.load(k_cache_ptr + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            if IEEE_DOT:
-                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                scores = tl.dot(q, tl.trans(k))
-            scores = scores * scale
-            visible = t_ok[None, :] & (t[None, :] <= pos[:, None])
-            scores = tl.where(visible, scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(scores - m_new[:, None])
-            l_sum = l_sum * alpha + tl.sum(p, axis=1)
-            v_rows = blk * stride_vb + off * stride_vs + kvh * stride_vh
-            v = tl.load(v_cache_ptr + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            if IEEE_DOT:
-                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            m = m_new
+            visible = t_ok[None, :] & (t[None, :] <= pos[:, None])  # causal
+            m, l_sum, acc = _attend_tile(
+                q, m, l_sum, acc, k_cache_ptr, v_cache_ptr, table, t, t_ok, visible,
+                d, d_ok, kvh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                block_size, scale, IEEE_DOT,
+            )  # fmt: skip
 
         l_safe = tl.where(l_sum > 0.0, l_sum, 1.0)
         result = acc / l_safe[:, None]
