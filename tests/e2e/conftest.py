@@ -4,10 +4,10 @@ separate processes (orca.launcher.LocalStack) serving the demo model on free por
 from __future__ import annotations
 
 import pytest
+from stack_testing import e2e_serve_config
 
 from orca.demo_model import write_demo_model
-from orca.embedded_redis import free_port
-from orca.launcher import LocalStack, ServeConfig
+from orca.launcher import LocalStack
 
 
 @pytest.fixture(scope="session")
@@ -19,14 +19,8 @@ def demo_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(demo_model_dir, tmp_path_factory):
     """One running stack for the whole session."""
-    config = ServeConfig(
-        model=str(demo_model_dir),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        max_num_seqs=64,
-        ready_timeout_s=180,
-        log_dir=str(tmp_path_factory.mktemp("stack-logs")),
+    config = e2e_serve_config(
+        demo_model_dir, tmp_path_factory.mktemp("stack-logs"), 180, max_num_seqs=64
     )
     with LocalStack(config) as running:
         yield running

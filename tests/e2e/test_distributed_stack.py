@@ -9,10 +9,10 @@ import shutil
 
 import httpx
 import pytest
+from stack_testing import e2e_serve_config
 from tiny_models import make_tiny_checkpoint, random_prompts
 
 from orca import LLM, SamplingParams
-from orca.embedded_redis import free_port
 from orca.launcher import LocalStack, ServeConfig
 
 MAX_TOKENS = 8
@@ -56,15 +56,7 @@ def expected(checkpoints):
 
 def stack_config(path, tmp_path, **kwargs) -> ServeConfig:
     """`orca serve` of `path` in float32 on free ports, logs under `tmp_path`."""
-    return ServeConfig(
-        model=str(path),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        ready_timeout_s=240,
-        log_dir=str(tmp_path / "logs"),
-        **kwargs,
-    )
+    return e2e_serve_config(path, tmp_path / "logs", 240, **kwargs)
 
 
 async def _complete_all(base_url: str, model: str, prompts: list[list[int]]) -> list[dict]:

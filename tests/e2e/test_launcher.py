@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from stack_testing import e2e_serve_config
 
 from orca.embedded_redis import free_port
 
@@ -99,14 +100,7 @@ def test_a_lost_port_race_is_retried(demo_model_dir, tmp_path, monkeypatch):
         return taken if len(calls) == 3 else free_port()
 
     monkeypatch.setattr(launcher, "free_port", racy_free_port)
-    config = launcher.ServeConfig(
-        model=str(demo_model_dir),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        ready_timeout_s=120,
-        log_dir=str(tmp_path / "logs"),
-    )
+    config = e2e_serve_config(demo_model_dir, tmp_path / "logs", 120)
     try:
         with launcher.LocalStack(config) as stack:
             assert stack.scheduler_metrics_port != taken

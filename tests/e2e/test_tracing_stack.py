@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import httpx
+from stack_testing import e2e_serve_config
 
-from orca.embedded_redis import free_port
-from orca.launcher import LocalStack, ServeConfig
+from orca.launcher import LocalStack
 
 CALLER = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01"
 
@@ -32,14 +32,7 @@ def console_spans(log: Path) -> list[dict]:
 
 def test_one_trace_from_gateway_to_scheduler(demo_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    config = ServeConfig(
-        model=str(demo_model_dir),
-        port=free_port(),
-        grpc_port=free_port(),
-        dtype="float32",
-        ready_timeout_s=180,
-        log_dir=str(tmp_path / "logs"),
-    )
+    config = e2e_serve_config(demo_model_dir, tmp_path / "logs", 180)
     with LocalStack(config) as stack:
         body = {"model": demo_model_dir.name, "prompt": "hello there", "max_tokens": 3}
         response = httpx.post(
