@@ -140,6 +140,7 @@ for part in "${PARTS[@]}"; do
     # The kernel tests compiled on the GPU (no interpreter), and the engine vs HF on cuda.
     kernels) ORCA_KERNEL_TEST_DEVICE=cuda run 300 python3 -m pytest -q -x -p no:cacheprovider \
                tests/kernels tests/worker/test_runner_vs_hf.py tests/worker/test_host_staging.py \
+               tests/worker/test_warmup.py \
                || rc=$? ;;
     # Several GPUs (nvidia-h100-x2 / -x4): the same trace through the stack, each split.
     multi1) stack 120 llama8b _1gpu --skip ceil,b1,hf,stack_stream --stack-ready-timeout 60 \

@@ -51,7 +51,10 @@ def warm_up(llm: Any, vocab_size: int, n: int = 16) -> float:
 
 def offline_trace(llm: Any, requests: list[TraceRequest], device: str) -> dict[str, Any]:
     """Every request at t=0 through one `generate` call: throughput of the whole trace."""
+    stats = _step_stats(llm)
     sync(device)
+    if stats is not None:
+        stats.reset()
     t0 = time.perf_counter()
     outs = llm.generate(
         prompt_token_ids=[r.prompt_token_ids for r in requests],
@@ -70,7 +73,15 @@ def offline_trace(llm: Any, requests: list[TraceRequest], device: str) -> dict[s
         "wrong_lengths": wrong,
         # The largest batch the scheduler ran (warm-up included): how many requests fit.
         "peak_running": getattr(getattr(llm, "scheduler", None), "peak_running", None),
+        # Where the steps' time went (wall around each plan, the worker's phases); the rest
+        # of `seconds` is the engine's own host work (scheduling, folding results).
+        "step_stats": stats.summary() if stats is not None else None,
     }
+
+
+def _step_stats(llm: Any) -> Any:
+    """The engine's StepStats, if this version of it keeps them."""
+    return getattr(getattr(llm, "executor", None), "stats", None)
 
 
 def _one_request_s(llm: Any, prompt: list[int], max_tokens: int, device: str) -> float:

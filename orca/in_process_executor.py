@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from orca.step_stats import StepStats
 from orca_proto.v1 import worker_pb2
 from orca_worker.runner import ModelRunner, RunnerConfig
 
@@ -11,10 +14,14 @@ class InProcessExecutor:
 
     def __init__(self, config: RunnerConfig) -> None:
         self.runner = ModelRunner(config)
+        self.stats = StepStats()  # read by benchmarks; costs two clock reads a step
 
     def execute(self, plan: worker_pb2.StepPlan) -> worker_pb2.StepResult:
         """Run one plan to completion on this process's device."""
-        return self.runner.execute(plan)
+        start = time.perf_counter()
+        result = self.runner.execute(plan)
+        self.stats.record((time.perf_counter() - start) * 1e3, result)
+        return result
 
     def info(self) -> worker_pb2.WorkerInfo:
         """The runner's WorkerInfo (model, KV pool, max length, EOS ids)."""

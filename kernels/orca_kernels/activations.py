@@ -98,7 +98,7 @@ if triton_available():
     _SQRT_2_OVER_PI = tl.constexpr(math.sqrt(2.0 / math.pi))
     _INV_SQRT_2 = tl.constexpr(1.0 / math.sqrt(2.0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M"])
     def _silu_mul_kernel(
         x_ptr, out_ptr, M, N, stride_x, stride_o,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -113,7 +113,7 @@ if triton_available():
         out_ptrs = out_ptr + rows[:, None] * stride_o + cols[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M"])
     def _bias_gelu_kernel(
         x_ptr, b_ptr, out_ptr, M, N, stride_x, stride_o,
         HAS_BIAS: tl.constexpr, TANH: tl.constexpr,

@@ -3,6 +3,13 @@
 On CUDA the kernels run whenever Triton imports. On the CPU the references run, except in tests:
 with ``ORCA_KERNELS_FORCE_TRITON=1`` and ``TRITON_INTERPRET=1`` the kernels run in Triton's CPU
 interpreter. The environment is read at call time, so tests may set it after importing us.
+
+Compiled variants: Triton compiles one variant per combination of constexprs and of
+integer-argument specializations (== 1, divisible by 16) and pointer alignments. Arguments
+that change with every step (row and token counts, a step's block-table width) are marked
+``do_not_specialize``, so a step of any size reuses the variants the worker's warm-up
+compiled; every constexpr derived from a size is a capped power of two, a short list the
+warm-up covers (``orca_worker.warmup``).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def store_kv_ref(
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_tokens"])
     def _store_kv_kernel(
         k_ptr,
         v_ptr,

@@ -112,7 +112,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M"])
     def _norm_kernel(
         x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr,
         M, N,

@@ -168,7 +168,7 @@ if triton is not None:
             pv = tl.dot(p.to(v.dtype), v)
         return m_new, l_sum, acc * alpha[:, None] + pv
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_bt", "split_len"])
     def _decode_kernel(
         q_ptr,
         k_cache_ptr,
@@ -254,7 +254,7 @@ if triton is not None:
             tl.store(part_m_ptr + row, m, mask=g_ok)
             tl.store(part_l_ptr + row, l_sum, mask=g_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows"])
     def _decode_reduce_kernel(
         part_out_ptr,
         part_m_ptr,
@@ -297,7 +297,7 @@ if triton is not None:
             mask=r_ok[:, None] & (d < HEAD_DIM)[None, :],
         )
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["stride_bt"])
     def _prefill_kernel(
         q_ptr,
         k_cache_ptr,

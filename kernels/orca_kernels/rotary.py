@@ -82,7 +82,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T"])
     def _rotary_kernel(
         x_ptr, pos_ptr, cache_ptr, T,
         stride_t, stride_h, stride_d, stride_c,

@@ -14,6 +14,22 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+# Each array starts on a 16-byte boundary of the packed buffer. Triton specializes a kernel
+# on whether each pointer argument is 16-byte aligned: arrays at arbitrary offsets would
+# flip that from step to step and compile a new kernel variant each time it changes.
+ALIGN_BYTES = 16
+
+
+def packed_offsets(sizes: Sequence[int], itemsize: int) -> tuple[list[int], int]:
+    """Where each array starts in the packed buffer (in elements, every start 16-byte
+    aligned) and the buffer length they need."""
+    step = max(1, ALIGN_BYTES // itemsize)
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end += -(-size // step) * step
+    return offsets, end
+
 
 class HostStaging:
     """Uploads lists of same-dtype numpy arrays to `device` (see `upload`)."""
@@ -32,22 +48,19 @@ class HostStaging:
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
-        total = sum(sizes)
+        offsets, total = packed_offsets(sizes, dtype.itemsize)
         buffer = self._buffer(dtype, total)
         host = buffer[:total].numpy()
-        offset = 0
-        for array, size in zip(arrays, sizes, strict=True):
+        for array, size, offset in zip(arrays, sizes, offsets, strict=True):
             host[offset : offset + size] = array.reshape(-1)
-            offset += size
         device_flat = buffer[:total].to(self.device, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self._copied[dtype] = event
-        out, offset = [], 0
-        for array, size in zip(arrays, sizes, strict=True):
-            out.append(device_flat[offset : offset + size].view(array.shape))
-            offset += size
-        return out
+        return [
+            device_flat[offset : offset + size].view(array.shape)
+            for array, size, offset in zip(arrays, sizes, offsets, strict=True)
+        ]
 
     def _buffer(self, dtype: np.dtype, size: int) -> torch.Tensor:
         """The pinned buffer for `dtype`, at least `size` long, once its last copy is done."""

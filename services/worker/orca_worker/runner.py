@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from orca_worker.parallel.stage import build_stage
 from orca_worker.parallel.topology import WorkerPlace
 from orca_worker.sampler import Sampler, SamplerOutput
 from orca_worker.timing import StepTimer
+from orca_worker.warmup import warmup_plans
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class RunnerConfig:
     # Decode steps of up to this many sequences replay CUDA graphs (on CUDA with the Triton
     # kernels, in a single-process worker, no sliding window); 0 runs every step eagerly.
     cuda_graph_max_batch: int = 256
+    # Before serving, run the warm-up plans (orca_worker.warmup) so that no request waits
+    # for a kernel compile; on CUDA, in a single-process worker.
+    warmup: bool = True
 
 
 class ModelRunner:
@@ -119,6 +124,8 @@ class ModelRunner:
         self.sampler = Sampler(seed=config.seed)
         self.staging = HostStaging(self.device)  # pinned buffers for the steps' inputs
         self.seqs: dict[str, SequenceState] = {}
+        if config.warmup and self.device.type == "cuda" and not self.distributed:
+            self.warm_up()
         log.info(
             "model_loaded model=%s arch=%s dtype=%s device=%s pipeline=%d stage=%d tp_rank=%d "
             "layers=%d-%d kv_blocks=%d kv_bytes=%d kernels=%s",
@@ -229,6 +236,25 @@ class ModelRunner:
         result.timings.forward_ms = forward_ms
         result.timings.sample_ms = sample_ms
         return result
+
+    def warm_up(self) -> float:
+        """Run the warm-up plans (compiling what the first real steps would); seconds taken.
+        Raises if a plan fails: a worker that cannot run them cannot serve."""
+        start = time.perf_counter()
+        limits = self.limits
+        for plan in warmup_plans(
+            limits.num_kv_blocks, limits.block_size, limits.max_model_len, limits.vocab_size
+        ):
+            result = self.execute(plan)
+            if result.error:
+                raise RuntimeError(f"warm-up step {plan.step_id} failed: {result.error}")
+        if self.seqs:
+            raise RuntimeError(f"warm-up left sequences behind: {sorted(self.seqs)}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        log.info("warmup_done seconds=%.2f", seconds)
+        return seconds
 
     def decode_logits(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
