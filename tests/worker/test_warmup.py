@@ -45,7 +45,9 @@ def test_plans_cover_the_lengths_and_release_everything():
 
 @pytest.mark.parametrize("num_blocks,max_len", [(3, 4096), (1000, 20), (0, 4096)])
 def test_small_pools_and_models_get_fewer_plans(num_blocks, max_len):
-    limits = BatchLimits(vocab_size=5, max_model_len=max_len, num_kv_blocks=num_blocks, block_size=16)
+    limits = BatchLimits(
+        vocab_size=5, max_model_len=max_len, num_kv_blocks=num_blocks, block_size=16
+    )
     plans = warmup_plans(num_blocks, 16, max_len, 5)
     seqs, _ = _run_on_host(plans, limits)
     assert seqs == {}
