@@ -3,7 +3,7 @@
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
-#                                           online8b batching8b kvpolicy8b tune8b stackoverlap
+#                                           online8b batching8b kvpolicy8b tune8b stacknooverlap
 #                                           attention orca8b orca1b overlap8b overlap1b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
@@ -134,8 +134,8 @@ for part in "${PARTS[@]}"; do
                  --budget-s 80 --out "$OUT/llama8b_overlap.jsonl" || rc=$? ;;
     overlap1b) run 100 python3 bench/run.py --shape llama1b --n "$N" --skip ceil,hf --overlap \
                  --budget-s 60 --out "$OUT/llama1b_overlap.jsonl" || rc=$? ;;
-    # The same with overlapped scheduling (in-process and stack).
-    stackoverlap) stack 300 llama8b _overlap --overlap ;;
+    # The stack without overlapped scheduling (its default with tp = pp = 1 is on).
+    stacknooverlap) stack 300 llama8b _nooverlap --no-overlap ;;
     stacktiny) stack 120 tiny ;;
     # The kernel tests compiled on the GPU (no interpreter), and the engine vs HF on cuda.
     kernels) ORCA_KERNEL_TEST_DEVICE=cuda run 300 python3 -m pytest -q -x -p no:cacheprovider \

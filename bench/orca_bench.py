@@ -115,9 +115,12 @@ def batch1_decode(
 
     _one_request_s(llm, prompt(), new_tokens, device)  # warm-up
     whole, prefill_only, with_decode = [], [], []
+    stats = _step_stats(llm)
     for _ in range(repeats):
         whole.append(_one_request_s(llm, prompt(), new_tokens, device))
         prefill_only.append(_one_request_s(llm, prompt(), 1, device))
+        if stats is not None:
+            stats.reset()
         with_decode.append(_one_request_s(llm, prompt(), 1 + new_tokens, device))
     prefill_s = statistics.median(prefill_only)
     decode_s = (statistics.median(with_decode) - prefill_s) / new_tokens
@@ -128,6 +131,9 @@ def batch1_decode(
         "ms_per_token": statistics.median(whole) / new_tokens * 1e3,
         "decode_ms_per_token": decode_s * 1e3,
         "prefill_ms": prefill_s * 1e3,
+        # The last prefill-and-decode run's steps: GPU time (forward_ms) against wall time
+        # per step shows how much of a token's time the host adds.
+        "step_stats": stats.summary() if stats is not None else None,
     }
 
 

@@ -111,8 +111,10 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     eng.add_argument("--kv-policy", default=None, choices=["paged", "reserve"])
     eng.add_argument(
         "--overlap",
-        action="store_true",
-        help="overlapped scheduling (LLM(overlap=True); orca serve --overlap for the stack)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="overlapped scheduling: LLM(overlap=...) in-process, orca serve --[no-]overlap "
+        "for the stack (default: each one's own: off in-process, on in the stack)",
     )
     eng.add_argument(
         "--batching",
@@ -165,6 +167,12 @@ def build_parser(stack_mode: bool = False) -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--stack-ready-timeout", type=float, default=300, help="seconds for the stack to be ready"
+    )
+    st.add_argument(
+        "--stack-repeat",
+        action="store_true",
+        help="after the streaming pass, the non-streaming one again (phase stack_repeat, "
+        "fresh prompts): tells a first-pass cost from one of the mode",
     )
     st.add_argument(
         "--stack-pid-file",
@@ -299,7 +307,7 @@ def run_orca(args: argparse.Namespace, runner: Runner, model_dir: str, requests,
             num_kv_blocks=num_kv_blocks,
             kv_policy=args.kv_policy,
             batching=args.batching,
-            overlap=args.overlap or None,
+            overlap=args.overlap,
             kernels=args.kernels,
             cuda_graph_max_batch=args.cuda_graph_max_batch,
             kv_cache_memory_fraction=args.kv_cache_memory_fraction,

@@ -584,6 +584,9 @@ def run_stack(
             runner.phase("stack", lambda: one_pass(False, requests))
             fresh = fresh_prefix(requests, vocab_size(args.shape), 1)
             runner.phase("stack_stream", lambda: one_pass(True, fresh))
+            if args.stack_repeat:
+                again = fresh_prefix(requests, vocab_size(args.shape), 2)
+                runner.phase("stack_repeat", lambda: one_pass(False, again))
         finally:
             stack = holder.get("stack")
             if stack is not None:

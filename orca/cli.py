@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--overlap",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="overlapped scheduling: the scheduler sends the next plan while the current one "
-        "runs (tp = pp = 1 only)",
+        "runs (default: on with --tp 1 --pp 1, which it needs)",
     )
     serve.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks per pipeline stage (default 1)"

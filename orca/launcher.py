@@ -51,8 +51,9 @@ class ServeConfig:
     kernels: str = "auto"
     # Workers replay CUDA graphs for decode steps of up to this many sequences (0: off).
     cuda_graph_max_batch: int = 256
-    # Overlapped scheduling in the scheduler (tp = pp = 1 only).
-    overlap: bool = False
+    # Overlapped scheduling in the scheduler (tp = pp = 1 only); None: the scheduler's
+    # default (on for single-worker pipelines).
+    overlap: bool | None = None
     tp: int = 1
     pp: int = 1
     pipelines: int = 1
@@ -193,8 +194,8 @@ class LocalStack:
                 "--consumer-name", "orca-scheduler-0"]  # fmt: skip
         if cfg.served_model_name:
             args += ["--served-model-name", cfg.served_model_name]
-        if cfg.overlap:
-            args.append("--overlap")
+        if cfg.overlap is not None:
+            args.append("--overlap" if cfg.overlap else "--no-overlap")
         if len(worker_addresses) > 1:
             args += ["--tp", str(cfg.tp), "--pp", str(cfg.pp), "--pipelines", str(cfg.pipelines)]
         return args

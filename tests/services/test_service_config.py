@@ -31,6 +31,16 @@ def test_scheduler_flags_default_from_the_environment_and_flags_win():
     assert (defaults.kv_policy, defaults.metrics_port, defaults.claim_idle_s) == ("paged", 0, 30)
 
 
+def test_overlap_is_on_by_default_for_single_worker_pipelines_only():
+    assert parse_scheduler_config([], {}).overlap is True
+    assert parse_scheduler_config(["--no-overlap"], {}).overlap is False
+    assert parse_scheduler_config([], {"ORCA_OVERLAP": "0"}).overlap is False
+    two_stages = ["--workers", "a:1,b:2", "--pp", "2"]
+    assert parse_scheduler_config(two_stages, {}).overlap is False
+    with pytest.raises(SystemExit):
+        parse_scheduler_config([*two_stages, "--overlap"], {})
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -41,6 +41,7 @@ class SchedulerServiceConfig:
     kv_policy: str = "paged"
     enable_prefix_caching: bool = True
     # Overlapped scheduling (tp = pp = 1): the next plan goes out while the current one runs.
+    # The command line turns it on for single-worker pipelines unless told otherwise.
     overlap: bool = False
     # The model name published in `orca:load`; empty means the worker's model name.
     served_model_name: str = ""
@@ -65,7 +66,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _env_bool(env: Mapping[str, str], var: str, default: bool) -> bool:
+def _env_bool(env: Mapping[str, str], var: str, default: bool | None) -> bool | None:
     value = env.get(var)
     if value is None:
         return default
@@ -157,9 +158,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--overlap",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool(env, "ORCA_OVERLAP", False),
+        default=_env_bool(env, "ORCA_OVERLAP", None),
         help="overlapped scheduling (tp = pp = 1 only): send the next plan while the current "
-        "one runs, its decodes fed the worker's last sampled token (env ORCA_OVERLAP)",
+        "one runs, its decodes fed the worker's last sampled token (env ORCA_OVERLAP; "
+        "default: on with --tp 1 --pp 1, off otherwise)",
     )
     flag(
         "--served-model-name",
@@ -227,7 +229,8 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.claim_idle_s <= 0 or args.connect_timeout_s < 0:
         parser.error("--claim-idle-s must be > 0 and --connect-timeout-s >= 0")
-    if args.overlap and (args.tp, args.pp) != (1, 1):
+    single_worker = (args.tp, args.pp) == (1, 1)
+    if args.overlap and not single_worker:
         parser.error("--overlap needs single-worker pipelines (--tp 1 --pp 1)")
     return SchedulerServiceConfig(
         redis_url=args.redis_url,
@@ -244,7 +247,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Schedule
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_policy=args.kv_policy,
         enable_prefix_caching=args.enable_prefix_caching,
-        overlap=args.overlap,
+        overlap=single_worker if args.overlap is None else args.overlap,
         served_model_name=args.served_model_name,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
