@@ -166,9 +166,9 @@ for part in "${PARTS[@]}"; do
     # orca tune on the 8B shape (random weights) for a 50 ms/token budget.
     tune8b) mkdir -p /tmp/tune8b && python3 -c "from bench.shapes import write_config; \
               write_config('llama8b', '/tmp/tune8b')" && \
-            run 500 python3 -m orca.cli tune --model /tmp/tune8b --load-format random \
+            run 300 python3 -m orca.cli tune --model /tmp/tune8b --load-format random \
               --device cuda --dtype bfloat16 --latency-budget-ms-per-token 50 \
-              --rates 10,20,30,40,50,60 --max-num-seqs 32,64,128,256 --n-per-rate 96 \
+              --rates 10,20,40,60 --max-num-seqs 32,64,128,256 --n-per-rate 64 \
               --write "$OUT/tuned_llama8b.json" || rc=$? ;;
     # Orca in-process with the Triton attention backend (offline trace and batch 1, no HF).
     triton8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf --kernels triton \
