@@ -3,7 +3,7 @@
 #
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
-#                                           online8b batching8b kvpolicy8b tune8b stacknooverlap
+#                                           online8b onlinehigh8b batching8b kvpolicy8b tune8b stacknooverlap
 #                                           attention orca8b orca1b overlap8b overlap1b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
@@ -154,6 +154,10 @@ for part in "${PARTS[@]}"; do
     online8b) run 420 python3 bench/run.py --shape llama8b --skip ceil,b1,hf_static,hf_b1 \
                 --rates 2,5,10,20,30,40,50,60 --n-per-rate 96 --budget-s 360 \
                 --out "$OUT/online_llama8b.jsonl" || rc=$? ;;
+    # Orca alone at high rates, 512 requests each: long enough to show a sustained rate.
+    onlinehigh8b) run 200 python3 bench/run.py --shape llama8b --skip ceil,b1,hf,orca \
+                    --rates 40,60,80,100 --n-per-rate 512 --budget-s 150 \
+                    --out "$OUT/online_high_llama8b.jsonl" || rc=$? ;;
     # The paper's ablations inside Orca: request-level batching; reserve vs paged KV on a
     # pool too small for the whole trace (2048 blocks of 16 tokens).
     batching8b) run 150 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,b1,hf \
