@@ -44,6 +44,7 @@ BATCH_SIZE_METRIC = "orca_batch_size"
 ITERATIONS_COUNTER = "orca_iterations_total"
 # Per-worker step time (labels pipeline, stage, tp_rank): kept per label set as well.
 WORKER_BUSY_METRIC = "orca_worker_busy_seconds_total"
+WORKER_WAITED_METRIC = "orca_worker_waited_seconds_total"
 # Samples that say nothing summable about a run (per-bucket counts, creation timestamps).
 _SKIPPED_SUFFIXES = ("_bucket", "_created")
 # The warm-up requests: orca_bench.warm_up's (another seed than the trace: no cache hits).
@@ -96,7 +97,7 @@ def parse_prometheus(text: str) -> dict[str, float]:
         except ValueError:
             continue
         samples[name] = samples.get(name, 0.0) + value
-        if name == WORKER_BUSY_METRIC and "{" in line:
+        if name in (WORKER_BUSY_METRIC, WORKER_WAITED_METRIC) and "{" in line:
             samples[f"{name}{{{labels}}}"] = value
     return samples
 
@@ -149,11 +150,29 @@ def control_plane_summary(deltas: dict[str, float], seconds: float | None) -> di
 def worker_busy_summary(deltas: dict[str, float], seconds: float | None) -> dict[str, Any]:
     """Each worker's busy share of the pass's wall time (its reported step time over
     `seconds`), keyed `p<pipeline>s<stage>r<rank>`, and the lowest and mean share: how full
-    the pipelines' stages were kept. Empty without the metric or a duration."""
+    the pipelines' stages were kept; then the mean share each worker sat waiting for a plan
+    between steps (`worker_waited_share_mean`). The rest of the wall time is before the first
+    and after the last step. Empty without the metric or a duration."""
     if not seconds:
         return {}
+    shares = _per_worker_shares(deltas, WORKER_BUSY_METRIC, seconds)
+    if not shares:
+        return {}
+    summary = {
+        "worker_busy_share": dict(sorted(shares.items())),
+        "worker_busy_share_min": min(shares.values()),
+        "worker_busy_share_mean": sum(shares.values()) / len(shares),
+    }
+    waited = _per_worker_shares(deltas, WORKER_WAITED_METRIC, seconds)
+    if waited:
+        summary["worker_waited_share_mean"] = sum(waited.values()) / len(waited)
+    return summary
+
+
+def _per_worker_shares(deltas: dict[str, float], metric: str, seconds: float) -> dict[str, float]:
+    """`metric`'s per-worker values over `seconds`, keyed `p<pipeline>s<stage>r<rank>`."""
     shares = {}
-    prefix = WORKER_BUSY_METRIC + "{"
+    prefix = metric + "{"
     for name, value in deltas.items():
         if name.startswith(prefix):
             labels = dict(
@@ -163,13 +182,7 @@ def worker_busy_summary(deltas: dict[str, float], seconds: float | None) -> dict
                 *(labels.get(k, "?").strip('"') for k in ("pipeline", "stage", "tp_rank"))
             )
             shares[key] = value / seconds
-    if not shares:
-        return {}
-    return {
-        "worker_busy_share": dict(sorted(shares.items())),
-        "worker_busy_share_min": min(shares.values()),
-        "worker_busy_share_mean": sum(shares.values()) / len(shares),
-    }
+    return shares
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -646,6 +659,7 @@ def stack_table(results: dict[str, dict[str, Any]], shape: str, n: int) -> str:
         ("plan-build share of wall time", "plan_build_share"),
         ("worker busy share, lowest", "worker_busy_share_min"),
         ("worker busy share, mean", "worker_busy_share_mean"),
+        ("worker waiting between steps, share", "worker_waited_share_mean"),
     ):
         lines.append(f"| {label} | {_fmt(stack.get(key), 3)} | {_fmt(stream.get(key), 3)} |")
     lines.append(

@@ -143,7 +143,8 @@ def test_percentile():
 def test_worker_busy_shares_per_stage():
     def scrape_with(stage0: float, stage1: float) -> str:
         line = 'orca_worker_busy_seconds_total{pipeline="0",stage="%d",tp_rank="0"} %s\n'
-        return line % (0, stage0) + line % (1, stage1)
+        waited = 'orca_worker_waited_seconds_total{pipeline="0",stage="%d",tp_rank="0"} %s\n'
+        return line % (0, stage0) + line % (1, stage1) + waited % (0, stage0 / 10)
 
     before = parse_prometheus(scrape_with(1.0, 2.0))
     after = parse_prometheus(scrape_with(4.0, 3.5))
@@ -152,5 +153,6 @@ def test_worker_busy_shares_per_stage():
     assert summary["worker_busy_share"] == {"p0s0r0": 0.75, "p0s1r0": 0.375}
     assert summary["worker_busy_share_min"] == 0.375
     assert summary["worker_busy_share_mean"] == pytest.approx(0.5625)
+    assert summary["worker_waited_share_mean"] == pytest.approx(0.3 / 4.0)  # stage 0 only
     assert worker_busy_summary({}, seconds=4.0) == {}
     assert worker_busy_summary(metric_deltas(before, after), seconds=0) == {}

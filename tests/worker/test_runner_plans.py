@@ -3,6 +3,8 @@ releases, re-announced (preempted) sequences, empty plans, info()."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from plan_driver import PlanDriver
 from tiny_models import EOS_TOKEN_ID, MAX_POSITIONS, VOCAB_SIZE, hf_greedy, random_prompts
@@ -146,3 +148,19 @@ def test_logprobs_only_when_asked(runner, prompt):
     assert plain.logprob == 0.0 and not plain.top_logprobs
     assert top.logprob == 0.0 and len(top.top_logprobs) == 2
     assert top.top_logprobs[0].token_id == top.token_id  # greedy: the most likely one
+
+
+def test_each_result_says_how_long_the_worker_waited_for_its_plan(tiny_checkpoint):
+    """StepTimings.waited_ms: the idle gap since the previous step; 0 after a quiet spell."""
+    runner = ModelRunner(RunnerConfig(str(tiny_checkpoint("llama")), num_kv_blocks=32))
+    driver = PlanDriver(runner)
+    prompt = random_prompts((5,), VOCAB_SIZE, seed=4)[0]
+    driver.add("s", prompt)
+    first = driver.run([("s", prompt, True)])
+    assert first.timings.waited_ms == 0.0  # nothing ran before it
+    time.sleep(0.05)
+    second = driver.run([("s", [first.tokens[0].token_id], True)])
+    assert 40.0 <= second.timings.waited_ms < 1000.0
+    runner._last_step_end = time.perf_counter() - 5.0  # a quiet spell, not a stall
+    third = driver.run([("s", [second.tokens[0].token_id], True)])
+    assert third.timings.waited_ms == 0.0

@@ -48,6 +48,7 @@ class PipelineObserver:
         self._in_flight_on_submit = metrics.plans_in_flight_on_submit.labels(label)
         self._iterations_total = metrics.pipeline_iterations.labels(label)
         self._busy_seen: dict[tuple[int, int], float] = {}
+        self._waited_seen: dict[tuple[int, int], float] = {}
         self.total_iterations = 0
         self._highest_in_flight = 0  # most plans in flight at once since it connected
         self._reset_window()
@@ -110,17 +111,22 @@ class PipelineObserver:
         if time.monotonic() - self._since >= STATS_INTERVAL_S:
             self._log_stats()
 
-    def worker_busy(self, positions: list[tuple[int, int]], busy_s: list[float]) -> None:
-        """Bring the per-worker busy counters up to the executor's running totals (given as
-        each worker's (stage, tp_rank) and seconds, in the same order)."""
-        for position, total in zip(positions, busy_s, strict=True):
-            delta = total - self._busy_seen.get(position, 0.0)
-            if delta > 0:
-                stage, rank = position
-                self._metrics.worker_busy_seconds.labels(
-                    str(self.pipeline), str(stage), str(rank)
-                ).inc(delta)
-                self._busy_seen[position] = total
+    def worker_busy(
+        self, positions: list[tuple[int, int]], busy_s: list[float], waited_s: list[float]
+    ) -> None:
+        """Bring the per-worker busy and waited counters up to the executor's running totals
+        (given as each worker's (stage, tp_rank) and seconds, in the same order)."""
+        m = self._metrics
+        for counter, seen, totals in (
+            (m.worker_busy_seconds, self._busy_seen, busy_s),
+            (m.worker_waited_seconds, self._waited_seen, waited_s),
+        ):
+            for position, total in zip(positions, totals, strict=True):
+                delta = total - seen.get(position, 0.0)
+                if delta > 0:
+                    stage, rank = position
+                    counter.labels(str(self.pipeline), str(stage), str(rank)).inc(delta)
+                    seen[position] = total
 
     def _trace_iteration(
         self,

@@ -126,6 +126,13 @@ class SchedulerMetrics:
             ["pipeline", "stage", "tp_rank"],
             registry=r,
         )
+        self.worker_waited_seconds = Counter(
+            "orca_worker_waited_seconds",
+            "Seconds each worker sat idle between finishing a step and starting the next, "
+            "gaps of over a second left out: how long the control plane kept it waiting.",
+            ["pipeline", "stage", "tp_rank"],
+            registry=r,
+        )
 
     def forget_pipeline(self, pipeline: int) -> None:
         """Drop a lost pipeline's gauges (its counters stay: they only ever grow)."""

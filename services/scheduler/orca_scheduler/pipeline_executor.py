@@ -51,6 +51,7 @@ class PipelineExecutor:
         self._info: worker_pb2.WorkerInfo | None = None
         # Per worker (ordinal order), seconds of step work it reported: its stage's busy time.
         self.worker_busy_s = [0.0] * len(self._workers)
+        self.worker_waited_s = [0.0] * len(self._workers)  # idle before each plan, summed
         self.broken: str | None = None
         self._broken_event = asyncio.Event()
 
@@ -102,6 +103,7 @@ class PipelineExecutor:
         for i, r in enumerate(results):
             t = r.timings
             self.worker_busy_s[i] += (t.prepare_ms + t.forward_ms + t.sample_ms) / 1000.0
+            self.worker_waited_s[i] += t.waited_ms / 1000.0
         errors = [
             (pos, r.error) for pos, r in zip(self._positions, results, strict=True) if r.error
         ]

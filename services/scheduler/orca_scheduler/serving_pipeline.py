@@ -97,7 +97,9 @@ class ServingPipeline:
         self.observer.step(entry.plan, result, entry.times, entry.num_preempted)
         busy_s = getattr(self.executor, "worker_busy_s", None)  # executors of gRPC workers
         if busy_s is not None:
-            self.observer.worker_busy(self.executor.worker_positions(), busy_s)
+            self.observer.worker_busy(
+                self.executor.worker_positions(), busy_s, self.executor.worker_waited_s
+            )
         return finished
 
     def _fail_plan(self, plan: worker_pb2.StepPlan, error: str) -> list[FinishedRequest]:

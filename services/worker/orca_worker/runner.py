@@ -29,6 +29,8 @@ from orca_worker.warmup import warmup_plans
 
 log = logging.getLogger(__name__)
 
+# A longer gap before a plan is a quiet spell, not a stall: StepTimings.waited_ms says 0.
+MAX_WAIT_S = 1.0
 # The RunnerConfig.kernels choices.
 KERNELS = ("auto", "torch", "triton")
 
@@ -124,6 +126,7 @@ class ModelRunner:
         self.sampler = Sampler(seed=config.seed)
         self.staging = HostStaging(self.device)  # pinned buffers for the steps' inputs
         self.seqs: dict[str, SequenceState] = {}
+        self._last_step_end: float | None = None  # for StepTimings.waited_ms
         if config.warmup and self.device.type == "cuda" and not self.distributed:
             self.warm_up()
         log.info(
@@ -176,7 +179,6 @@ class ModelRunner:
             # set_device needs an index.
             torch.cuda.set_device(self.device.index if self.device.index is not None else 0)
 
-    @torch.inference_mode()
     def execute(
         self, plan: worker_pb2.StepPlan, refusal: str | None = None
     ) -> worker_pb2.StepResult:
@@ -188,7 +190,20 @@ class ModelRunner:
         `refusal` fails the plan on purpose (draining). In a pipeline only the first stage's
         refusals count: they reach the later stages in the step header, so that every stage
         drops the plan alike (a later stage refusing alone would leave the earlier ones
-        tracking sequences it never saw)."""
+        tracking sequences it never saw).
+
+        The result's `timings.waited_ms` is how long this worker was idle before the plan."""
+        start = time.perf_counter()
+        waited_s = start - self._last_step_end if self._last_step_end is not None else 0.0
+        try:
+            result = self._execute(plan, refusal)
+        finally:
+            self._last_step_end = time.perf_counter()
+        result.timings.waited_ms = waited_s * 1000.0 if waited_s <= MAX_WAIT_S else 0.0
+        return result
+
+    @torch.inference_mode()
+    def _execute(self, plan: worker_pb2.StepPlan, refusal: str | None) -> worker_pb2.StepResult:
         result = worker_pb2.StepResult(step_id=plan.step_id)
         if self.broken is not None:
             result.error = self.broken
