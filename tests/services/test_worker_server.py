@@ -114,10 +114,29 @@ def test_a_new_stream_starts_clean_and_ends_the_old_one(runner):
         new = stub.Execute()  # a restarted scheduler: sequence "a" may join again
         await new.write(new_seq_plan(1, "a", PROMPT, block=5))
         assert not (await new.read()).error
-        await old.write(decode_plan(2, "a", len(PROMPT), 5))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # ended at once, not at its next plan
             await old.read()
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await new.write(decode_plan(2, "a", len(PROMPT), 5))  # the new stream goes on
+        assert not (await new.read()).error
+
+    run_with_server(runner, scenario)
+
+
+def test_plans_sent_ahead_are_queued_and_answered_in_order(runner):
+    """A scheduler with two plans in flight writes the second before reading the first
+    result: the worker queues it and runs it right after the first."""
+
+    async def scenario(stub, service):
+        call = stub.Execute()
+        for step_id, (seq_id, block) in enumerate((("a", 0), ("b", 4), ("c", 8)), start=1):
+            await call.write(new_seq_plan(step_id, seq_id, PROMPT, block=block))
+        results = [await call.read() for _ in range(3)]
+        assert [r.step_id for r in results] == [1, 2, 3]
+        assert all(not r.error and len(r.tokens) == 1 for r in results)
+        # Sequences differ only by id: the same prompt gives the same greedy token.
+        assert len({r.tokens[0].token_id for r in results}) == 1
+        await call.done_writing()
 
     run_with_server(runner, scenario)
 
