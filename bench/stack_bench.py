@@ -185,6 +185,60 @@ def _per_worker_shares(deltas: dict[str, float], metric: str, seconds: float) ->
     return shares
 
 
+def process_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each named process has used so far (Linux /proc; a
+    process that is gone or unreadable is left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
+
+
+def redis_command_stats(url: str) -> dict[str, tuple[int, int]]:
+    """(calls, microseconds) per Redis command so far (INFO commandstats)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("commandstats")
+    finally:
+        client.close()
+    return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in info.items()}
+
+
+def load_summary(
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    redis_before: dict[str, tuple[int, int]],
+    redis_after: dict[str, tuple[int, int]],
+    seconds: float,
+) -> dict[str, Any]:
+    """Where the stack's host time went in a pass: each process's CPU share of the wall
+    time, and Redis's busy share with its calls and busy ms per command."""
+    out: dict[str, Any] = {}
+    if seconds <= 0:
+        return out
+    out["cpu_share"] = {
+        name: round((cpu_after[name] - cpu_before[name]) / seconds, 3)
+        for name in sorted(cpu_after)
+        if name in cpu_before
+    }
+    commands = {}
+    for name, (calls, usec) in redis_after.items():
+        calls0, usec0 = redis_before.get(name, (0, 0))
+        if calls > calls0:
+            commands[name] = {"calls": calls - calls0, "ms": round((usec - usec0) / 1000, 1)}
+    if commands:
+        out["redis_commands"] = dict(sorted(commands.items()))
+        out["redis_busy_share"] = round(sum(c["ms"] for c in commands.values()) / 1e3 / seconds, 3)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0..100) by nearest rank; None for no values."""
     if not values:
@@ -441,6 +495,15 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _redis_stats(stack) -> dict[str, tuple[int, int]]:
+    """The stack's Redis command stats; empty if Redis cannot be asked (best effort)."""
+    try:
+        return redis_command_stats(stack.redis_url)
+    except Exception as exc:
+        progress(f"redis stats unavailable: {exc!r}")
+        return {}
+
+
 def _stack_pids(stack) -> list[int]:
     """Process ids of the stack's children and its Redis (best effort: for the pid file)."""
     return stack.pids()
@@ -568,10 +631,11 @@ def run_stack(
         }
 
     def one_pass(stream: bool, reqs) -> dict[str, Any]:
+        stack = holder["stack"]
         before = {k: scrape(u) for k, u in holder["metrics_urls"].items()}
-        results, seconds = send_all(
-            holder["stack"].base_url, holder["model"], reqs, stream, concurrency, 600
-        )
+        cpu_before, redis_before = process_cpu_seconds(stack.named_pids()), _redis_stats(stack)
+        results, seconds = send_all(stack.base_url, holder["model"], reqs, stream, concurrency, 600)
+        cpu_after, redis_after = process_cpu_seconds(stack.named_pids()), _redis_stats(stack)
         after = {k: scrape(u) for k, u in holder["metrics_urls"].items()}
         out = with_ratios(summarize_responses(reqs, results, seconds), rec.results.get("orca", {}))
         out.update(stream=stream, concurrency=concurrency)
@@ -582,6 +646,7 @@ def run_stack(
             out[f"{source}_metrics"] = deltas
         out.update(control_plane_summary(out.get("scheduler_metrics", {}), seconds))
         out.update(worker_busy_summary(out.get("scheduler_metrics", {}), seconds))
+        out.update(load_summary(cpu_before, cpu_after, redis_before, redis_after, seconds))
         if "iterations" not in out:  # maybe the gateway re-exports the scheduler's
             out.update(control_plane_summary(out.get("gateway_metrics", {}), seconds))
         try:  # a service that died during the pass: keep the numbers, say so

@@ -252,6 +252,13 @@ class LocalStack:
             pids.append(self._redis.pid)
         return pids
 
+    def named_pids(self) -> dict[str, int]:
+        """Each running service's process id by its name, and the embedded Redis's."""
+        pids = {child.name: child.process.pid for child in self._children}
+        if self._redis is not None and self._redis.pid is not None:
+            pids["redis"] = self._redis.pid
+        return pids
+
     def check_children(self) -> None:
         """Raise LaunchError naming the first child that exited, with its log tail."""
         for child in self._children:

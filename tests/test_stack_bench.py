@@ -3,6 +3,7 @@ summary of a pass, the fresh-prefix trace. No services, no torch."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from bench.stack_bench import (  # noqa: E402
     completion_body,
     control_plane_summary,
     fresh_prefix,
+    load_summary,
     metric_deltas,
     parse_prometheus,
     percentile,
+    process_cpu_seconds,
     summarize_responses,
     with_ratios,
     worker_busy_summary,
@@ -156,3 +159,22 @@ def test_worker_busy_shares_per_stage():
     assert summary["worker_waited_share_mean"] == pytest.approx(0.3 / 4.0)  # stage 0 only
     assert worker_busy_summary({}, seconds=4.0) == {}
     assert worker_busy_summary(metric_deltas(before, after), seconds=0) == {}
+
+
+def test_load_summary_gives_cpu_and_redis_shares():
+    cpu = process_cpu_seconds({"me": os.getpid(), "gone": 2**22 + 7})
+    assert set(cpu) == {"me"} and cpu["me"] > 0  # a missing process is left out
+    summary = load_summary(
+        {"gateway": 1.0, "scheduler": 2.0},
+        {"gateway": 2.0, "scheduler": 2.5, "redis": 9.0},  # redis: no "before", left out
+        {"xadd": (10, 1000), "xread": (5, 500)},
+        {"xadd": (30, 3000), "xread": (5, 500), "xack": (4, 2000)},
+        seconds=2.0,
+    )
+    assert summary["cpu_share"] == {"gateway": 0.5, "scheduler": 0.25}
+    assert summary["redis_commands"] == {
+        "xack": {"calls": 4, "ms": 2.0},
+        "xadd": {"calls": 20, "ms": 2.0},
+    }
+    assert summary["redis_busy_share"] == 0.002
+    assert load_summary({}, {}, {}, {}, seconds=0) == {}
