@@ -18,8 +18,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def run_case(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block: int):
-    """Microseconds of each kernel for `batch` sequences of `ctx` cached tokens."""
+def run_case(
+    batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block: int, width: int
+):
+    """Microseconds of each kernel for `batch` sequences of `ctx` cached tokens, the block
+    tables `width` blocks wide (at least the context's; a decode graph's are as wide as the
+    model's longest sequence, and the decode kernel sizes its split count from the width)."""
     import torch
     from triton.testing import do_bench
 
@@ -36,6 +40,9 @@ def run_case(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, blo
     v_cache = torch.randn_like(k_cache)
     tables = torch.randperm(num_blocks - 1, device=dev)[: batch * blocks_per_seq]
     tables = tables.view(batch, blocks_per_seq).to(torch.int32)
+    if width > blocks_per_seq:  # padded as a graph's static table is
+        pad = torch.zeros(batch, width - blocks_per_seq, device=dev, dtype=torch.int32)
+        tables = torch.cat([tables, pad], dim=1)
     lens = torch.full((batch,), ctx, device=dev, dtype=torch.int32)
     q = torch.randn(batch, heads, head_dim, device=dev, dtype=dtype)
     query_start = torch.arange(batch + 1, device=dev, dtype=torch.int32)
@@ -64,12 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,8,32,128,256")
     ap.add_argument("--contexts", default="128,512,2048,8192")
+    ap.add_argument(
+        "--table-blocks",
+        type=int,
+        default=512,
+        help="block-table width (default 512: a decode graph's for 8192 tokens of 16)",
+    )
     ap.add_argument("--out", default=None, help="append JSON lines here")
     args = ap.parse_args(argv)
     rows = []
     for batch in (int(x) for x in args.batches.split(",")):
         for ctx in (int(x) for x in args.contexts.split(",")):
-            row = run_case(batch, ctx, heads=32, kv_heads=8, head_dim=128, block=16)
+            row = run_case(
+                batch, ctx, heads=32, kv_heads=8, head_dim=128, block=16, width=args.table_blocks
+            )
             rows.append(row)
             line = json.dumps({"stage": "decode_attention", **row})
             print(line, flush=True)

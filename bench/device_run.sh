@@ -4,7 +4,7 @@
 #   bash bench/device_run.sh [PART ...]     PART: llama8b llama1b gpt3_13b profile tiny
 #                                           stack stack1b stacktiny kernels triton8b eager8b torch8b
 #                                           online8b onlinehigh8b batching8b kvpolicy8b tune8b stacknooverlap
-#                                           attention orca8b orca1b overlap8b overlap1b
+#                                           attention orca8b orca8bprefill orca1b overlap8b overlap1b
 #                                           multi1 (1 GPU, the multi-GPU parts' baseline)
 #                                           tp2 pp2 pipelines2 (2 GPUs) tp2pp2 pipelines4 (4 GPUs)
 #                                           (default: llama8b llama1b profile)
@@ -127,6 +127,10 @@ for part in "${PARTS[@]}"; do
     # Orca in-process, no HF: the baselines for overlap8b/overlap1b in the same command.
     orca8b) run 120 python3 bench/run.py --shape llama8b --n "$N" --skip ceil,hf \
               --budget-s 80 --out "$OUT/llama8b_orca.jsonl" $EXTRA || rc=$? ;;
+    # orca8b with every decode step on the prefill kernel (no split-K decode kernel).
+    orca8bprefill) ORCA_DECODE_ATTENTION=prefill run 120 python3 bench/run.py --shape llama8b \
+              --n "$N" --skip ceil,hf --budget-s 80 --out "$OUT/llama8b_orca_prefill.jsonl" \
+              $EXTRA || rc=$? ;;
     orca1b) run 100 python3 bench/run.py --shape llama1b --n "$N" --skip ceil,hf \
               --budget-s 60 --out "$OUT/llama1b_orca.jsonl" $EXTRA || rc=$? ;;
     # Orca in-process with overlapped scheduling (step thread), no HF: against orca8b/orca1b.

@@ -168,7 +168,7 @@ if triton is not None:
             pv = tl.dot(p.to(v.dtype), v)
         return m_new, l_sum, acc * alpha[:, None] + pv
 
-    @triton.jit(do_not_specialize=["stride_bt", "split_len"])
+    @triton.jit(do_not_specialize=["stride_bt"])
     def _decode_kernel(
         q_ptr,
         k_cache_ptr,
@@ -192,7 +192,6 @@ if triton is not None:
         stride_vh,
         stride_bt,
         block_size,
-        split_len,
         GROUP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         NUM_SPLITS: tl.constexpr,
@@ -203,11 +202,14 @@ if triton is not None:
     ):
         """Program (b, kv head, split): the GROUP query heads of that kv head over one split.
         The GROUP rows are padded to BLOCK_G >= 16 so both products run as tl.dot (tensor
-        cores); the padded rows are masked out."""
+        cores); the padded rows are masked out. Each sequence cuts its own context into
+        NUM_SPLITS parts of whole BLOCK_N tiles (so the launch depends on no host-side
+        length and a CUDA graph can hold it); splits past a short context are empty."""
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
         ctx = tl.load(ctx_ptr + b)
+        split_len = tl.cdiv(tl.cdiv(ctx, NUM_SPLITS), BLOCK_N) * BLOCK_N
         start = split * split_len
         end = tl.minimum(start + split_len, ctx)
 
@@ -403,8 +405,9 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """Triton decode: q [B, Hq, D] over each sequence's context_lens[b] cached tokens.
 
-    `num_splits=None` picks split-K from the block-table width (an upper bound on the
-    longest context, so no device sync) and the batch's parallelism.
+    `num_splits=None` picks split-K from the batch's parallelism (enough programs to fill the
+    GPU), capped by the block-table width (an upper bound on the longest context, so no
+    device sync); each sequence then splits its own context into that many parts.
     """
     group = _check(q, k_cache, v_cache)
     batch, num_q_heads, head_dim = q.shape
@@ -424,7 +427,6 @@ def paged_decode_attention(
         by_programs = max(1, _TARGET_PROGRAMS // (batch * num_kv_heads))
         num_splits = max(1, min(by_len, by_programs))
     num_splits = max(1, min(num_splits, triton.cdiv(max_ctx, block_n)))
-    split_len = triton.cdiv(triton.cdiv(max_ctx, num_splits), block_n) * block_n
 
     if num_splits > 1:
         part_out = torch.empty(
@@ -457,7 +459,6 @@ def paged_decode_attention(
         v_cache.stride(2),
         block_tables.stride(0),
         block_size,
-        split_len,
         GROUP=group,
         HEAD_DIM=head_dim,
         NUM_SPLITS=num_splits,

@@ -44,15 +44,17 @@ def llama(tmp_path_factory):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the backend's Triton attention launches (so a silent fallback fails the test)."""
+    """The backend's Triton attention launches as (kernel, rows) (so a silent fallback fails
+    the test)."""
     calls = []
-    real = triton_attention.paged_prefill_attention
+    for kernel in ("paged_prefill_attention", "paged_decode_attention"):
+        real = getattr(triton_attention, kernel)
 
-    def counted(*args, **kwargs):
-        calls.append(args[0].shape[0])
-        return real(*args, **kwargs)
+        def counted(*args, _real=real, _kernel=kernel, **kwargs):
+            calls.append((_kernel, args[0].shape[0]))
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(triton_attention, "paged_prefill_attention", counted)
+        monkeypatch.setattr(triton_attention, kernel, counted)
     return calls
 
 
@@ -66,7 +68,20 @@ def test_triton_greedy_equals_transformers(llama, kernel_calls, regime):
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
-    assert kernel_calls, "the Triton backend never ran"
+    kernels = {kernel for kernel, _ in kernel_calls}
+    # Small decode-only steps take the split-K kernel, steps with prefill the prefill kernel.
+    assert kernels == {"paged_prefill_attention", "paged_decode_attention"}
+
+
+def test_decode_steps_can_be_kept_on_the_prefill_kernel(llama, kernel_calls, monkeypatch):
+    path, model = llama
+    monkeypatch.setenv(triton_attention.DECODE_ATTENTION_ENV, "prefill")
+    llm = triton_llm(path)
+    prompts = random_prompts((5, 9), model.config.vocab_size)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert_matches_hf(model, prompts, outputs, MAX_NEW_TOKENS)
+    assert {kernel for kernel, _ in kernel_calls} == {"paged_prefill_attention"}
 
 
 def test_triton_prefix_cache_hit(llama, kernel_calls):
