@@ -1,21 +1,19 @@
 """Paged attention through the Triton kernels of `orca_kernels` (kernels="triton").
 
 One `store_kv` launch writes the step's new K/V; one attention launch serves the step:
-- `paged_prefill_attention` for every step with a prefill chunk, and for decode-only steps
-  big enough to fill the GPU (a decode is a prefill row of length one, and its tensor-core
-  tiles beat the split-K kernel there: docs/benchmarks.md);
-- `paged_decode_attention` (split-K) for decode-only steps too small to fill the GPU (one
-  program per sequence and KV head would leave most SMs idle; at batch 1 the prefill kernel
-  runs 8 programs for Llama-3-8B's 8 KV heads).
-`ORCA_DECODE_ATTENTION=prefill` keeps every step on the prefill kernel (for comparisons).
-The kernels have no sliding window, so windowed layers, and tensors the kernels should not
-handle here (see `orca_kernels.dispatch.use_triton`: CPU tensors outside the interpreter
-tests), go to the torch reference backend.
+`paged_prefill_attention` when it has a prefill chunk (decodes in it are prefill rows of
+length one), `paged_decode_attention` (split-K: each sequence's context cut over several
+programs, so that even one sequence fills the GPU) when every row is a decode. On an H100
+the split-K kernel beat the prefill kernel on decode rows at every batch size and context
+but the shortest (batch 1-8 at 128 tokens), and decode-only steps gained 0.24 ms/token at
+batch 1 (docs/benchmarks.md). `ORCA_DECODE_ATTENTION=prefill` keeps every step on the
+prefill kernel (for comparisons). The kernels have no sliding window, so windowed layers,
+and tensors the kernels should not handle here (see `orca_kernels.dispatch.use_triton`: CPU
+tensors outside the interpreter tests), go to the torch reference backend.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -26,24 +24,14 @@ from orca_kernels.paged_attention import paged_decode_attention, paged_prefill_a
 from orca_worker.attention import AttentionMetadata, TorchAttentionBackend
 
 DECODE_ATTENTION_ENV = "ORCA_DECODE_ATTENTION"
-# The interpreter (CPU tests) has no SMs to count: this many stands in for them.
-_INTERPRETER_SMS = 128
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return _INTERPRETER_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def use_split_k_decode(meta: AttentionMetadata, num_kv_heads: int, device: torch.device) -> bool:
-    """Whether a step goes to the split-K decode kernel: decode-only, and fewer (sequence,
-    KV head) programs than the GPU has SMs."""
+def use_split_k_decode(meta: AttentionMetadata) -> bool:
+    """Whether a step goes to the split-K decode kernel: every row a decode (unless
+    ORCA_DECODE_ATTENTION=prefill)."""
     if os.environ.get(DECODE_ATTENTION_ENV, "auto") == "prefill":
         return False
-    lens = meta.query_lens_host
-    return max(lens) == 1 and len(lens) * num_kv_heads < _num_sms(device)
+    return max(meta.query_lens_host) == 1
 
 
 class TritonAttentionBackend:
@@ -68,7 +56,7 @@ class TritonAttentionBackend:
         if sliding_window is not None or not use_triton(q):
             return self.fallback.forward(q, k, v, k_cache, v_cache, meta, scale, sliding_window)
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        if use_split_k_decode(meta, k_cache.shape[2], q.device):
+        if use_split_k_decode(meta):
             return paged_decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale
             )
