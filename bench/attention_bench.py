@@ -1,6 +1,6 @@
 """Decode attention on the GPU: `paged_decode_attention` (split-K) against
-`paged_prefill_attention` with one query per sequence, which the worker uses for decode steps
-today, at Llama-3-8B's head shapes. Prints a table; JSON lines to --out.
+`paged_prefill_attention` with one query per sequence (what steps with a prefill chunk use
+for their decode rows), at Llama-3-8B's head shapes. Prints a table; JSON lines to --out.
 
     python3 bench/attention_bench.py --out bench/results/attention.jsonl
 
