@@ -7,6 +7,7 @@ split once per step; every layer's `PagedAttention` reads it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +43,12 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         """Number of sequences in the step."""
         return len(self.query_lens_host)
+
+    @functools.cached_property
+    def max_query_len(self) -> int:
+        """The most new tokens of any sequence (1: a decode-only step); computed once per
+        step, not once per layer."""
+        return max(self.query_lens_host, default=0)
 
     @classmethod
     def from_layout(

@@ -26,20 +26,15 @@ from orca_worker.attention import AttentionMetadata, TorchAttentionBackend
 DECODE_ATTENTION_ENV = "ORCA_DECODE_ATTENTION"
 
 
-def use_split_k_decode(meta: AttentionMetadata) -> bool:
-    """Whether a step goes to the split-K decode kernel: every row a decode (unless
-    ORCA_DECODE_ATTENTION=prefill)."""
-    if os.environ.get(DECODE_ATTENTION_ENV, "auto") == "prefill":
-        return False
-    return max(meta.query_lens_host) == 1
-
-
 class TritonAttentionBackend:
     """AttentionBackend over the Triton kernels; falls back to `TorchAttentionBackend` for
     sliding-window layers and for tensors Triton does not handle."""
 
     def __init__(self) -> None:
         self.fallback = TorchAttentionBackend()
+        # Read once, not per layer: decode-only steps take the split-K kernel unless the
+        # environment keeps them on the prefill kernel.
+        self.split_k_decode = os.environ.get(DECODE_ATTENTION_ENV, "auto") != "prefill"
 
     def forward(
         self,
@@ -56,7 +51,7 @@ class TritonAttentionBackend:
         if sliding_window is not None or not use_triton(q):
             return self.fallback.forward(q, k, v, k_cache, v_cache, meta, scale, sliding_window)
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        if use_split_k_decode(meta):
+        if self.split_k_decode and meta.max_query_len == 1:
             return paged_decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale
             )
@@ -68,5 +63,5 @@ class TritonAttentionBackend:
             meta.query_start,
             meta.context_lens,
             scale,
-            max_query_len=max(meta.query_lens_host),  # host copy: no device sync
+            max_query_len=meta.max_query_len,  # from the host copy: no device sync
         )
